@@ -1,0 +1,1 @@
+"""Devices: inventory, transports (local, SSH through fabric), the agent bundle and push, health checks."""

@@ -1,0 +1,3 @@
+"""edgebench controller: configuration, CLI, orchestration, results store, statistics and the gate."""
+
+__version__ = "0.1.0"

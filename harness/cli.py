@@ -1,0 +1,66 @@
+"""The ``edgebench`` command line: one module per subcommand in ``harness.commands``.
+
+Each command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``from_args(args) -> int``;
+the work itself is a plain keyword-argument function in the same module, callable from Python.
+Expected errors (bad input, unreachable device) are caught here only, printed as one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from devices.errors import DevicesError
+from harness import __version__
+from harness.errors import UserError
+from variants.errors import VariantsError
+
+# Order is the order of `edgebench --help`.
+COMMANDS = ("run", "build", "devices", "gate", "compare", "history", "report", "mos")
+EXPECTED_ERRORS = (UserError, VariantsError, DevicesError)
+
+
+def _load(name: str):
+    return importlib.import_module(f"harness.commands.{name}")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgebench",
+        description="Build compressed TTS variants, measure them on edge devices, gate and report.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgebench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = _load(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"harness.commands.{name}":
+                raise
+            continue  # command not built yet
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(func=module.from_args)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except EXPECTED_ERRORS as exc:
+        print(f"edgebench: error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)
+    except KeyboardInterrupt:
+        print("edgebench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Reports: self-contained HTML comparison reports, charts (SVG), CSV/Markdown tables, audio samples."""

@@ -1,0 +1,1 @@
+"""Model variants: the reference Sambert-HifiGan workload, recipes (prune, quantize, distill), artifacts."""
