@@ -1,0 +1,717 @@
+"""The results store: one SQLite file holding every run, attempt, raw sample, device fact and verdict.
+
+Writes happen as results arrive, each one a single transaction (WAL journal, synchronous=FULL), so a
+controller killed at any moment loses nothing already committed and ``edgebench run --resume`` asks
+``missing_pairs(run_id)`` for what is left. Reads come out as pandas DataFrames for reports and notebooks.
+
+Device identity: every attempt stores the device name *and* its identity fingerprint (a hash of the
+hardware/software facts, see ``devices.measure.device_identity``). Summaries group by both, so results
+from different identities are never pooled even when the device name is the same.
+
+Schema versions (``SCHEMA_VERSION``; the ``schema_version`` table holds the file's version):
+    1: runs, artifacts, attempts, samples, facts, mos, verdicts.
+A file with a newer version than this code knows is refused (upgrade edgebench, or point ``--store`` at
+a new file); an older one is migrated in place by the functions in ``MIGRATIONS``, one step at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import secrets
+import sqlite3
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from harness import stats
+from harness.errors import UserError
+
+SCHEMA_VERSION = 1
+
+#: Attempt statuses. ``ok`` and ``failed`` come with a record from the agent; the others do not.
+ATTEMPT_STATUSES = ("ok", "failed", "unreachable", "timeout", "ineligible")
+RUN_STATUSES = ("running", "complete", "incomplete")
+LENGTH_CLASSES = ("short", "medium", "long")
+
+#: The state directory (relative to the working directory) and the store's file name in it.
+STATE_DIR_NAME = ".edgebench"
+STORE_FILE_NAME = "results.sqlite"
+
+SAMPLE_COLUMNS = (
+    "run_id", "device", "device_identity", "variant", "process", "iteration", "sentence_id",
+    "length_class", "emotion", "phones", "frames", "audio_s", "frontend_s", "acoustic_s", "vocoder_s",
+    "total_s",
+)
+_SAMPLE_FIELDS = (
+    "iteration", "sentence_id", "length_class", "emotion", "phones", "frames", "audio_s", "frontend_s",
+    "acoustic_s", "vocoder_s", "total_s",
+)
+PHASES = ("import_s", "acoustic_load_s", "vocoder_load_s", "first_inference_s")
+
+
+class StoreError(UserError):
+    """The store file cannot be used (newer schema, not an edgebench store, unknown run id)."""
+
+
+def default_store_path(state_dir: Path | None = None) -> Path:
+    """``<state dir>/results.sqlite``; the state dir defaults to ``.edgebench`` in the working directory."""
+    return Path(state_dir if state_dir is not None else STATE_DIR_NAME) / STORE_FILE_NAME
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, allow_nan=False, default=str)
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """sha256 over the canonical JSON of a configuration (key order does not matter)."""
+    return hashlib.sha256(_dumps(config).encode("utf-8")).hexdigest()
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """``YYYYMMDD-HHMMSS-xxxx`` (UTC, 4 random hex digits): sortable by start time, unique enough."""
+    now = now or datetime.now(timezone.utc)
+    return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+# --------------------------------------------------------------------------------------------- schema
+
+_SCHEMA_1 = """
+CREATE TABLE runs (
+    id            TEXT PRIMARY KEY,
+    config_hash   TEXT NOT NULL,
+    config_json   TEXT NOT NULL,
+    code_version  TEXT NOT NULL,
+    budgets_json  TEXT NOT NULL,
+    preset        TEXT,
+    variants_json TEXT NOT NULL,
+    devices_json  TEXT NOT NULL,
+    started_at    TEXT NOT NULL,
+    ended_at      TEXT,
+    status        TEXT NOT NULL CHECK (status IN ('running', 'complete', 'incomplete'))
+);
+CREATE TABLE artifacts (
+    id            INTEGER PRIMARY KEY,
+    run_id        TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    variant       TEXT NOT NULL,
+    path          TEXT NOT NULL,
+    content_hash  TEXT,
+    manifest_json TEXT NOT NULL,
+    UNIQUE (run_id, variant)
+);
+CREATE TABLE attempts (
+    id              INTEGER PRIMARY KEY,
+    run_id          TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    device          TEXT NOT NULL,
+    device_identity TEXT,
+    identity_json   TEXT NOT NULL,
+    variant         TEXT NOT NULL,
+    status          TEXT NOT NULL
+                    CHECK (status IN ('ok', 'failed', 'unreachable', 'timeout', 'ineligible')),
+    error           TEXT,
+    started_at      TEXT NOT NULL,
+    ended_at        TEXT NOT NULL,
+    header_json     TEXT
+);
+CREATE INDEX attempts_by_run ON attempts (run_id, device, variant);
+CREATE INDEX attempts_by_identity ON attempts (device_identity, status);
+CREATE TABLE samples (
+    attempt_id   INTEGER NOT NULL REFERENCES attempts(id) ON DELETE CASCADE,
+    process      INTEGER NOT NULL,
+    iteration    INTEGER NOT NULL,
+    sentence_id  TEXT NOT NULL,
+    length_class TEXT NOT NULL,
+    emotion      TEXT NOT NULL,
+    phones       INTEGER,
+    frames       INTEGER,
+    audio_s      REAL,
+    frontend_s   REAL,
+    acoustic_s   REAL,
+    vocoder_s    REAL,
+    total_s      REAL NOT NULL,
+    PRIMARY KEY (attempt_id, process, iteration)
+);
+CREATE TABLE facts (
+    id         INTEGER PRIMARY KEY,
+    attempt_id INTEGER NOT NULL REFERENCES attempts(id) ON DELETE CASCADE,
+    process    INTEGER,
+    phase      TEXT NOT NULL CHECK (phase IN ('before', 'after')),
+    facts_json TEXT NOT NULL
+);
+CREATE INDEX facts_by_attempt ON facts (attempt_id);
+CREATE TABLE mos (
+    id          INTEGER PRIMARY KEY,
+    variant     TEXT NOT NULL,
+    score       REAL NOT NULL,
+    n           INTEGER,
+    source      TEXT,
+    imported_at TEXT NOT NULL
+);
+CREATE TABLE verdicts (
+    id              INTEGER PRIMARY KEY,
+    run_id          TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    outcome         TEXT NOT NULL,
+    exit_code       INTEGER NOT NULL,
+    verdict_json    TEXT NOT NULL,
+    created_at      TEXT NOT NULL
+);
+CREATE INDEX verdicts_by_run ON verdicts (run_id);
+"""
+
+
+def _execute_script(conn: sqlite3.Connection, script: str) -> None:
+    # Not conn.executescript(): it COMMITs first, which would split the migration's transaction.
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
+    _execute_script(conn, _SCHEMA_1)
+
+
+#: MIGRATIONS[n] turns a version n file into a version n + 1 file (inside one transaction).
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _migrate_0_to_1}
+
+
+# ---------------------------------------------------------------------------------------------- store
+
+
+class Store:
+    """A results store on one SQLite file (created or migrated on open). Thread-safe, one connection."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path is not None else default_store_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        try:
+            self._conn = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = FULL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: not a usable edgebench store ({exc})") from exc
+
+    # -- lifecycle
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def schema_version(self) -> int:
+        return int(self._query("SELECT version FROM schema_version")[0]["version"])
+
+    def _migrate(self) -> None:
+        with self._tx() as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "schema_version" in tables:
+                version = int(conn.execute("SELECT version FROM schema_version").fetchone()[0])
+            elif tables:
+                raise StoreError(
+                    f"{self.path}: this SQLite file is not an edgebench store (no schema_version table); "
+                    "give --store a new file name"
+                )
+            else:
+                conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+                conn.execute("INSERT INTO schema_version (version) VALUES (0)")
+                version = 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: store schema version {version} is newer than this edgebench supports "
+                    f"({SCHEMA_VERSION}); upgrade edgebench, or use another file with --store"
+                )
+            while version < SCHEMA_VERSION:
+                MIGRATIONS[version](conn)
+                version += 1
+                conn.execute("UPDATE schema_version SET version = ?", (version,))
+
+    # ------------------------------------------------------------------------------------------ writes
+    def start_run(
+        self,
+        config: Mapping[str, Any],
+        budgets: Mapping[str, Any],
+        code_version: str,
+        preset: str | None,
+        variants: Sequence[str],
+        devices: Sequence[str],
+        *,
+        run_id: str | None = None,
+        started_at: str | None = None,
+    ) -> str:
+        """Record a new run (status ``running``) and return its id."""
+        run_id = run_id or new_run_id()
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO runs (id, config_hash, config_json, code_version, budgets_json, preset,"
+                " variants_json, devices_json, started_at, status) VALUES (?,?,?,?,?,?,?,?,?, 'running')",
+                (
+                    run_id, config_hash(config), _dumps(dict(config)), str(code_version),
+                    _dumps(dict(budgets)), preset, _dumps(list(variants)), _dumps(list(devices)),
+                    started_at or _now(),
+                ),
+            )
+        return run_id
+
+    def finish_run(self, run_id: str, status: str) -> None:
+        if status not in ("complete", "incomplete"):
+            raise ValueError(f"run status must be complete or incomplete, got {status!r}")
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE runs SET status = ?, ended_at = ? WHERE id = ?", (status, _now(), run_id)
+            )
+            if cur.rowcount != 1:
+                raise StoreError(f"{self.path}: no run {run_id!r}")
+
+    def record_artifact(self, run_id: str, variant: str, path: str, manifest: Mapping[str, Any]) -> None:
+        """Record (or replace, on resume) the artifact a run measured for ``variant``."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO artifacts (run_id, variant, path, content_hash, manifest_json)"
+                " VALUES (?,?,?,?,?)"
+                " ON CONFLICT (run_id, variant) DO UPDATE SET path = excluded.path,"
+                " content_hash = excluded.content_hash, manifest_json = excluded.manifest_json",
+                (run_id, variant, str(path), manifest.get("content_hash"), _dumps(dict(manifest))),
+            )
+
+    def record_attempt(
+        self,
+        run_id: str,
+        device: str,
+        identity: Mapping[str, Any] | None,
+        variant: str,
+        status: str,
+        error: str | None,
+        record: Mapping[str, Any] | None,
+        *,
+        started_at: str | None = None,
+        ended_at: str | None = None,
+    ) -> int:
+        """Record one (device, variant) attempt with its raw samples and facts, in one transaction.
+
+        ``record`` is the validated measurement record (``None`` for unreachable/timeout/ineligible). Its
+        samples go to ``samples``, its facts (record level: process NULL) to ``facts``, and the rest (the
+        header: protocol, phases, peak RSS, flags per process) to ``attempts.header_json``.
+        Returns the attempt id.
+        """
+        if status not in ATTEMPT_STATUSES:
+            raise ValueError(f"attempt status must be one of {ATTEMPT_STATUSES}, got {status!r}")
+        identity = dict(identity or {"name": device})
+        fingerprint = identity.get("fingerprint")
+        header, sample_rows, fact_rows = _split_record(record) if record is not None else (None, [], [])
+        ended_at = ended_at or _now()
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT INTO attempts (run_id, device, device_identity, identity_json, variant, status,"
+                " error, started_at, ended_at, header_json) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    run_id, device, fingerprint, _dumps(identity), variant, status, error,
+                    started_at or ended_at, ended_at, None if header is None else _dumps(header),
+                ),
+            )
+            attempt_id = int(cur.lastrowid)
+            conn.executemany(
+                "INSERT INTO samples (attempt_id, process, iteration, sentence_id, length_class, emotion,"
+                " phones, frames, audio_s, frontend_s, acoustic_s, vocoder_s, total_s)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(attempt_id, *row) for row in sample_rows],
+            )
+            conn.executemany(
+                "INSERT INTO facts (attempt_id, process, phase, facts_json) VALUES (?,?,?,?)",
+                [(attempt_id, *row) for row in fact_rows],
+            )
+        return attempt_id
+
+    def import_mos(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Import MOS rows (``variant``, ``mos``, ``n_listeners``, ``source``) in one transaction."""
+        now = _now()
+        values = []
+        for row in rows:
+            n = row.get("n_listeners")
+            values.append((str(row["variant"]), float(row["mos"]), None if n is None else int(n),
+                           row.get("source"), now))
+        with self._tx() as conn:
+            conn.executemany(
+                "INSERT INTO mos (variant, score, n, source, imported_at) VALUES (?,?,?,?,?)", values
+            )
+        return len(values)
+
+    def save_verdict(self, run_id: str, verdict: Mapping[str, Any]) -> None:
+        """Store a gate verdict (``Verdict.to_dict()``); the latest one is ``verdict(run_id)``."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO verdicts (run_id, outcome, exit_code, verdict_json, created_at)"
+                " VALUES (?,?,?,?,?)",
+                (run_id, verdict["outcome"], int(verdict["exit_code"]), _dumps(dict(verdict)), _now()),
+            )
+
+    # ------------------------------------------------------------------------------------------- reads
+    def run(self, run_id: str) -> dict:
+        """The run's row as a dict (config, budgets, variants and devices decoded); StoreError if unknown."""
+        rows = self._query("SELECT * FROM runs WHERE id = ?", (run_id,))
+        if not rows:
+            raise StoreError(f"{self.path}: no run {run_id!r} (see `edgebench history`)")
+        return _run_row(rows[0])
+
+    def latest_run_id(self) -> str | None:
+        rows = self._query("SELECT id FROM runs ORDER BY started_at DESC, id DESC LIMIT 1")
+        return rows[0]["id"] if rows else None
+
+    def missing_pairs(self, run_id: str) -> list[tuple[str, str]]:
+        """Planned (device, variant) pairs of the run without an ``ok`` attempt, in plan order."""
+        run = self.run(run_id)
+        done = {
+            (r["device"], r["variant"])
+            for r in self._query(
+                "SELECT DISTINCT device, variant FROM attempts WHERE run_id = ? AND status = 'ok'", (run_id,)
+            )
+        }
+        return [(d, v) for d in run["devices"] for v in run["variants"] if (d, v) not in done]
+
+    def verdict(self, run_id: str) -> dict | None:
+        """The latest stored gate verdict of a run, or None if the gate never ran on it."""
+        rows = self._query(
+            "SELECT verdict_json FROM verdicts WHERE run_id = ? ORDER BY id DESC LIMIT 1", (run_id,)
+        )
+        return json.loads(rows[0]["verdict_json"]) if rows else None
+
+    def artifacts(self, run_id: str) -> dict[str, dict]:
+        """variant -> {"path", "content_hash", "manifest"} for a run."""
+        return {
+            r["variant"]: {"path": r["path"], "content_hash": r["content_hash"],
+                           "manifest": json.loads(r["manifest_json"])}
+            for r in self._query("SELECT * FROM artifacts WHERE run_id = ?", (run_id,))
+        }
+
+    def latest_mos(self) -> dict[str, dict]:
+        """variant -> {"mos", "n", "source", "imported_at"} from the latest import of each variant."""
+        out: dict[str, dict] = {}
+        for r in self._query("SELECT * FROM mos ORDER BY id"):
+            out[r["variant"]] = {"mos": r["score"], "n": r["n"], "source": r["source"],
+                                 "imported_at": r["imported_at"]}
+        return out
+
+    def effective_attempts(self, run_id: str) -> dict[tuple[str, str], dict]:
+        """(device, variant) -> the attempt that counts: the latest ``ok`` one, else the latest one."""
+        out: dict[tuple[str, str], dict] = {}
+        for r in self._query("SELECT * FROM attempts WHERE run_id = ? ORDER BY id", (run_id,)):
+            key = (r["device"], r["variant"])
+            if key in out and out[key]["status"] == "ok" and r["status"] != "ok":
+                continue
+            out[key] = _attempt_row(r)
+        return out
+
+    def baseline_run_id(self, run_id: str, device_identity: str | None) -> str | None:
+        """The last *passing* run before ``run_id`` with an ok attempt on this device identity.
+
+        A run passes when its latest stored verdict has exit code 0 (``pass`` or ``no_baseline``).
+        """
+        if device_identity is None:
+            return None
+        run = self.run(run_id)
+        rows = self._query(
+            "SELECT r.id FROM runs r WHERE (r.started_at < ? OR (r.started_at = ? AND r.id < ?))"
+            " AND EXISTS (SELECT 1 FROM attempts a WHERE a.run_id = r.id AND a.device_identity = ?"
+            "             AND a.status = 'ok')"
+            " AND (SELECT v.exit_code FROM verdicts v WHERE v.run_id = r.id ORDER BY v.id DESC LIMIT 1) = 0"
+            " ORDER BY r.started_at DESC, r.id DESC LIMIT 1",
+            (run["started_at"], run["started_at"], run_id, device_identity),
+        )
+        return rows[0]["id"] if rows else None
+
+    def identities_of(self, device: str) -> list[dict]:
+        """Distinct identities seen for a device name, oldest first.
+
+        Each: {"fingerprint", "identity", "first_seen"}.
+        """
+        rows = self._query(
+            "SELECT device_identity, identity_json, MIN(ended_at) AS first_seen FROM attempts"
+            " WHERE device = ? AND device_identity IS NOT NULL GROUP BY device_identity ORDER BY first_seen",
+            (device,),
+        )
+        return [{"fingerprint": r["device_identity"], "identity": json.loads(r["identity_json"]),
+                 "first_seen": r["first_seen"]} for r in rows]
+
+    # ------------------------------------------------------------------------------------- DataFrames
+    def runs_df(self, limit: int | None = None) -> pd.DataFrame:
+        """One row per run, newest first, with attempt counts and the latest verdict's outcome."""
+        sql = (
+            "SELECT r.*, (SELECT COUNT(*) FROM attempts a WHERE a.run_id = r.id) AS n_attempts,"
+            " (SELECT COUNT(*) FROM attempts a WHERE a.run_id = r.id AND a.status = 'ok') AS n_ok,"
+            " (SELECT v.outcome FROM verdicts v WHERE v.run_id = r.id ORDER BY v.id DESC LIMIT 1) AS outcome,"
+            " (SELECT v.exit_code FROM verdicts v WHERE v.run_id = r.id ORDER BY v.id DESC LIMIT 1)"
+            " AS exit_code FROM runs r ORDER BY r.started_at DESC, r.id DESC"
+        )
+        params: tuple = ()
+        if limit is not None:
+            sql += " LIMIT ?"
+            params = (int(limit),)
+        rows = []
+        for r in self._query(sql, params):
+            d = _run_row(r)
+            d.pop("config")
+            d.pop("budgets")
+            d.update(n_attempts=r["n_attempts"], n_ok=r["n_ok"], outcome=r["outcome"],
+                     exit_code=r["exit_code"])
+            rows.append(d)
+        columns = ["run_id", "started_at", "ended_at", "status", "preset", "variants", "devices",
+                   "code_version", "config_hash", "n_attempts", "n_ok", "outcome", "exit_code"]
+        return pd.DataFrame(rows, columns=columns)
+
+    def attempts_df(self, run_id: str | None = None) -> pd.DataFrame:
+        """One row per attempt (all of them, retries included) with phases (median over processes),
+        peak RSS (max over processes), the throttled/hot flags and the number of samples."""
+        sql = ("SELECT a.*, (SELECT COUNT(*) FROM samples s WHERE s.attempt_id = a.id) AS n_samples"
+               " FROM attempts a")
+        params: tuple = ()
+        if run_id is not None:
+            sql += " WHERE a.run_id = ?"
+            params = (run_id,)
+        rows = []
+        for r in self._query(sql + " ORDER BY a.id", params):
+            d = _attempt_row(r)
+            d["n_samples"] = r["n_samples"]
+            d.update(_header_metrics(d.pop("header")))
+            d.pop("identity")
+            rows.append(d)
+        columns = ["attempt_id", "run_id", "device", "device_identity", "variant", "status", "error",
+                   "started_at", "ended_at", "n_samples", "n_processes", "peak_rss_bytes", "rss_anon_bytes",
+                   "rss_file_bytes", *PHASES, "throttled", "hot"]
+        return pd.DataFrame(rows, columns=columns)
+
+    def samples_df(self, run_id: str, *, all_attempts: bool = False) -> pd.DataFrame:
+        """Raw per-iteration samples of a run (columns ``SAMPLE_COLUMNS``, plus ``attempt_id``).
+
+        By default only the effective attempt of each (device, variant) (the latest ``ok`` one) counts;
+        ``all_attempts=True`` returns the samples of every attempt, failed ones included.
+        """
+        sql = (
+            "SELECT a.run_id, a.device, a.device_identity, a.variant, s.process, s.iteration, s.sentence_id,"
+            " s.length_class, s.emotion, s.phones, s.frames, s.audio_s, s.frontend_s, s.acoustic_s,"
+            " s.vocoder_s, s.total_s, s.attempt_id FROM samples s JOIN attempts a ON a.id = s.attempt_id"
+            " WHERE a.run_id = ?"
+        )
+        params: list[Any] = [run_id]
+        if not all_attempts:
+            ids = [a["attempt_id"] for a in self.effective_attempts(run_id).values() if a["status"] == "ok"]
+            if not ids:
+                return pd.DataFrame(columns=[*SAMPLE_COLUMNS, "attempt_id"])
+            sql += f" AND s.attempt_id IN ({','.join('?' * len(ids))})"
+            params.extend(ids)
+        sql += " ORDER BY a.device, a.variant, s.attempt_id, s.process, s.iteration"
+        with self._lock:
+            df = pd.read_sql_query(sql, self._conn, params=params)
+        return df
+
+    def summary_df(self, run_id: str) -> pd.DataFrame:
+        """One row per (device, device_identity, variant, length_class) of a run's effective samples.
+
+        Columns: run_id, device, device_identity, variant, length_class, n, p50, p90, p99, mean (seconds of
+        ``total_s``; percentiles nearest-rank), p50_ms, p90_ms, p99_ms, frontend_p50, acoustic_p50,
+        vocoder_p50, audio_s (sum), rtf (sum total_s / sum audio_s), peak_rss_bytes (max over processes),
+        import_s, acoustic_load_s, vocoder_load_s, first_inference_s (median over processes), throttled, hot,
+        size_acoustic_bytes, size_vocoder_bytes, params_acoustic, params_vocoder, quality_mel_l1,
+        quality_mcd_db, emotion_id_accuracy, quality_n, mos, mos_n, content_hash.
+        """
+        samples = self.samples_df(run_id)
+        attempts = {a["attempt_id"]: a for a in self.effective_attempts(run_id).values()}
+        artifacts = self.artifacts(run_id)
+        mos = self.latest_mos()
+        rows = []
+        if not samples.empty:
+            keys = ["device", "device_identity", "variant", "length_class", "attempt_id"]
+            order = {c: i for i, c in enumerate(LENGTH_CLASSES)}
+            for (device, identity, variant, length_class, attempt_id), g in samples.groupby(
+                keys, sort=False, dropna=False
+            ):
+                total = g["total_s"].to_numpy(dtype=float)
+                s = stats.summarize(total)
+                audio = float(g["audio_s"].sum())
+                row = {
+                    "run_id": run_id, "device": device, "device_identity": identity, "variant": variant,
+                    "length_class": length_class, "n": s.n, "p50": s.p50, "p90": s.p90, "p99": s.p99,
+                    "mean": s.mean, "p50_ms": s.p50 * 1e3, "p90_ms": s.p90 * 1e3, "p99_ms": s.p99 * 1e3,
+                    "frontend_p50": _p50(g["frontend_s"]), "acoustic_p50": _p50(g["acoustic_s"]),
+                    "vocoder_p50": _p50(g["vocoder_s"]), "audio_s": audio,
+                    "rtf": float(total.sum()) / audio if audio > 0 else math.nan,
+                    "_order": order.get(length_class, len(order)),
+                }
+                row.update(_header_metrics(attempts[attempt_id]["header"]))
+                row.update(_artifact_metrics(artifacts.get(variant), mos.get(variant)))
+                rows.append(row)
+        columns = [
+            "run_id", "device", "device_identity", "variant", "length_class", "n", "p50", "p90", "p99",
+            "mean", "p50_ms", "p90_ms", "p99_ms", "frontend_p50", "acoustic_p50", "vocoder_p50", "audio_s",
+            "rtf", "peak_rss_bytes", "rss_anon_bytes", "rss_file_bytes", *PHASES, "throttled", "hot",
+            "size_acoustic_bytes", "size_vocoder_bytes", "params_acoustic", "params_vocoder",
+            "quality_mel_l1", "quality_mcd_db", "emotion_id_accuracy", "quality_n", "mos", "mos_n",
+            "content_hash",
+        ]
+        df = pd.DataFrame(rows)
+        if df.empty:
+            return pd.DataFrame(columns=columns)
+        df = df.sort_values(["device", "variant", "_order"], kind="stable").reset_index(drop=True)
+        return df[columns]
+
+    def facts(self, run_id: str) -> pd.DataFrame:
+        """Device facts of a run: one row per (attempt, process, phase); ``process`` is -1 for the facts
+        of the whole record. Fact keys become columns (``load_avg`` stays a list)."""
+        rows = []
+        for r in self._query(
+            "SELECT f.*, a.device, a.device_identity, a.variant FROM facts f"
+            " JOIN attempts a ON a.id = f.attempt_id WHERE a.run_id = ? ORDER BY f.id",
+            (run_id,),
+        ):
+            d = {"run_id": run_id, "attempt_id": r["attempt_id"], "device": r["device"],
+                 "device_identity": r["device_identity"], "variant": r["variant"],
+                 "process": -1 if r["process"] is None else r["process"], "phase": r["phase"]}
+            d.update(json.loads(r["facts_json"]))
+            rows.append(d)
+        base = ["run_id", "attempt_id", "device", "device_identity", "variant", "process", "phase"]
+        return pd.DataFrame(rows) if rows else pd.DataFrame(columns=base)
+
+    def mos_df(self) -> pd.DataFrame:
+        rows = [dict(r) for r in self._query("SELECT variant, score AS mos, n, source, imported_at FROM mos")]
+        return pd.DataFrame(rows, columns=["variant", "mos", "n", "source", "imported_at"])
+
+    def history_df(
+        self, *, device: str | None = None, variant: str | None = None, limit: int | None = None
+    ) -> pd.DataFrame:
+        """summary_df rows of the latest ``limit`` runs (newest first) with the run's start time and
+        outcome, optionally for one device and/or variant."""
+        frames = []
+        for run in self.runs_df(limit=limit).itertuples():
+            df = self.summary_df(run.run_id)
+            if device is not None:
+                df = df[df["device"] == device]
+            if variant is not None:
+                df = df[df["variant"] == variant]
+            if df.empty:
+                continue
+            df = df.assign(started_at=run.started_at, status=run.status, outcome=run.outcome)
+            frames.append(df)
+        if not frames:
+            return pd.DataFrame(columns=["started_at", "status", "outcome", *self.summary_df("").columns])
+        return pd.concat(frames, ignore_index=True)
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _p50(series: pd.Series) -> float:
+    data = series.dropna().to_numpy(dtype=float)
+    return stats.percentile(data, 50) if data.size else math.nan
+
+
+def _run_row(r: sqlite3.Row) -> dict:
+    return {
+        "run_id": r["id"], "started_at": r["started_at"], "ended_at": r["ended_at"], "status": r["status"],
+        "preset": r["preset"], "variants": json.loads(r["variants_json"]),
+        "devices": json.loads(r["devices_json"]), "code_version": r["code_version"],
+        "config_hash": r["config_hash"], "config": json.loads(r["config_json"]),
+        "budgets": json.loads(r["budgets_json"]),
+    }
+
+
+def _attempt_row(r: sqlite3.Row) -> dict:
+    return {
+        "attempt_id": r["id"], "run_id": r["run_id"], "device": r["device"],
+        "device_identity": r["device_identity"], "identity": json.loads(r["identity_json"]),
+        "variant": r["variant"], "status": r["status"], "error": r["error"], "started_at": r["started_at"],
+        "ended_at": r["ended_at"],
+        "header": json.loads(r["header_json"]) if r["header_json"] is not None else None,
+    }
+
+
+def _split_record(record: Mapping[str, Any]) -> tuple[dict, list[tuple], list[tuple]]:
+    """Split a measurement record into (header without samples/facts, sample rows, fact rows)."""
+    header = {k: v for k, v in record.items() if k not in ("processes", "facts_before", "facts_after")}
+    facts: list[tuple] = []
+    for phase in ("before", "after"):
+        if record.get(f"facts_{phase}") is not None:
+            facts.append((None, phase, _dumps(record[f"facts_{phase}"])))
+    samples: list[tuple] = []
+    processes = []
+    for proc in record.get("processes") or []:
+        index = int(proc["index"])
+        skip = ("samples", "facts_before", "facts_after")
+        processes.append({k: v for k, v in proc.items() if k not in skip})
+        processes[-1]["n_samples"] = len(proc.get("samples") or [])
+        for phase in ("before", "after"):
+            if proc.get(f"facts_{phase}") is not None:
+                facts.append((index, phase, _dumps(proc[f"facts_{phase}"])))
+        for s in proc.get("samples") or []:
+            samples.append((index, *(s.get(f) for f in _SAMPLE_FIELDS)))
+    header["processes"] = processes
+    return header, samples, facts
+
+
+def _median_or_nan(values: list) -> float:
+    data = [float(v) for v in values if v is not None]
+    return float(np.median(data)) if data else math.nan
+
+
+def _header_metrics(header: Mapping[str, Any] | None) -> dict:
+    """Per-attempt numbers from a stored header: phases (median over processes), peak RSS (max), flags."""
+    procs = [p for p in (header or {}).get("processes", []) if p.get("status", "ok") == "ok"] or list(
+        (header or {}).get("processes", [])
+    )
+    out: dict[str, Any] = {"n_processes": len(procs)}
+    for key in ("peak_rss_bytes", "rss_anon_bytes", "rss_file_bytes"):
+        values = [p.get(key) for p in procs if p.get(key) is not None]
+        out[key] = max(values) if values else None
+    for phase in PHASES:
+        out[phase] = _median_or_nan([(p.get("phases") or {}).get(phase) for p in procs])
+    out["throttled"] = bool((header or {}).get("throttled")) or any(p.get("throttled") for p in procs)
+    out["hot"] = bool((header or {}).get("hot")) or any(p.get("hot") for p in procs)
+    return out
+
+
+def _artifact_metrics(artifact: Mapping[str, Any] | None, mos: Mapping[str, Any] | None) -> dict:
+    manifest = (artifact or {}).get("manifest") or {}
+    sizes = manifest.get("sizes") or {}
+    params = manifest.get("params") or {}
+    quality = manifest.get("quality") or {}
+    return {
+        "size_acoustic_bytes": sizes.get("acoustic"), "size_vocoder_bytes": sizes.get("vocoder"),
+        "params_acoustic": params.get("acoustic"), "params_vocoder": params.get("vocoder"),
+        "quality_mel_l1": quality.get("mel_l1"), "quality_mcd_db": quality.get("mcd_db"),
+        "emotion_id_accuracy": quality.get("emotion_id_accuracy"), "quality_n": quality.get("n"),
+        "mos": (mos or {}).get("mos"), "mos_n": (mos or {}).get("n"),
+        "content_hash": (artifact or {}).get("content_hash"),
+    }
