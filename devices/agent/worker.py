@@ -1,0 +1,230 @@
+"""One measured process: import, load, first inference, warmup, steady state. Prints one JSON document.
+
+Started by the supervisor as ``python -m devices.agent.worker ...`` in a fresh interpreter, so every
+phase (import of torch and the model code included) is paid again, as a user's process would pay it.
+Only the final JSON goes to stdout (file descriptor 1 is pointed at stderr while the model code runs,
+so a stray print cannot corrupt it); logs go to stderr.
+
+Runs on the device: standard library + torch + the bundled model code, Python 3.8+.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Callable, List, Optional, Sequence
+
+from devices.agent.format import PHASE_FIELDS, field_names
+
+SAMPLE_RATE = 16000  # Hz of the vocoder's output (contracts.md: 16 kHz, hop 200)
+
+# What the worker prints. The supervisor checks these keys before trusting the document.
+WORKER_KEYS = ("status", "error", "phases", "samples", "stop_reason", "steady_s", "warmup_done",
+               "threads", "torch", "quantized_engine")
+
+
+PHASES = field_names(PHASE_FIELDS)
+
+
+class WorkerError(Exception):
+    """An expected failure of the measurement itself (reported in the document, exit status 1)."""
+
+
+class StopRule:
+    """When the steady state ends (pure logic; tested with a fake clock).
+
+    Stops at the first of: ``max_iters`` samples (hard cap); the deadline; or both ``min_iters`` samples
+    and ``min_seconds`` of steady state, at a multiple of ``block`` samples (the length of a balanced
+    round of the schedule, so each sentence is measured equally often).
+    """
+
+    def __init__(self, min_iters: int, min_seconds: float, max_iters: int, block: int = 1,
+                 deadline: Optional[float] = None) -> None:
+        if block < 1:
+            raise ValueError("block must be >= 1")
+        self.min_iters = min_iters
+        self.min_seconds = min_seconds
+        self.max_iters = max_iters
+        self.block = block
+        self.deadline = deadline
+
+    def reason(self, done: int, elapsed_s: float, now: float) -> Optional[str]:
+        """None to go on, else why to stop ("max_iters", "deadline" or "target")."""
+        if done >= self.max_iters:
+            return "max_iters"
+        if self.deadline is not None and now >= self.deadline:
+            return "deadline"
+        if done >= self.min_iters and elapsed_s >= self.min_seconds and done % self.block == 0:
+            return "target"
+        return None
+
+
+def balanced_block(plan: Sequence[tuple], n_sentences: int) -> int:
+    """Smallest stopping granularity at which ``plan`` (a cycle of (sentence, emotion)) stays balanced.
+
+    ``n_sentences`` when every consecutive chunk of that length holds each sentence once (the schedule
+    is organised in rounds), else the whole cycle (every (sentence, emotion) pair once).
+    """
+    if n_sentences and len(plan) % n_sentences == 0:
+        for start in range(0, len(plan), n_sentences):
+            ids = [item[0].id for item in plan[start:start + n_sentences]]
+            if len(set(ids)) != n_sentences:
+                return len(plan)
+        return n_sentences
+    return len(plan)
+
+
+def steady_state(plan: Sequence, step: Callable[[object], dict], rule: StopRule,
+                 clock: Callable[[], float]):
+    """Run ``step`` over ``plan`` (cycled) until ``rule`` says stop. Returns (samples, reason, seconds)."""
+    samples: List[dict] = []
+    start = clock()
+    while True:
+        now = clock()
+        reason = rule.reason(len(samples), now - start, now)
+        if reason is not None:
+            return samples, reason, now - start
+        sample = step(plan[len(samples) % len(plan)])
+        sample["iteration"] = len(samples)
+        samples.append(sample)
+
+
+def make_plan(corpus_module, emotions: Sequence[str], classes: Sequence[str], seed: int):
+    """One full cycle of the seeded schedule over the requested classes x emotions, and its block."""
+    sentences = [s for s in corpus_module.default_corpus(seed=seed) if s.length_class in classes]
+    if not sentences:
+        raise WorkerError("no corpus sentence in the length classes " + ",".join(classes))
+    cycle = len(sentences) * len(emotions)
+    plan = list(corpus_module.schedule(sentences, emotions, cycle, seed))
+    return plan, balanced_block(plan, len(sentences))
+
+
+class Synthesizer:
+    """Times one (sentence, emotion) through the frontend, the acoustic model and the vocoder."""
+
+    def __init__(self, frontend_module, acoustic, vocoder, clock: Callable[[], float]) -> None:
+        self.frontend = frontend_module
+        self.acoustic = acoustic
+        self.vocoder = vocoder
+        self.clock = clock
+
+    def __call__(self, item) -> dict:
+        sentence, emotion = item
+        clock = self.clock
+        t0 = clock()
+        inputs = self.frontend.text_to_ids(sentence.text, emotion=emotion).to_tensors()
+        t1 = clock()
+        out = self.acoustic(**inputs)
+        t2 = clock()
+        wav = self.vocoder(out.mel.transpose(1, 2))
+        t3 = clock()
+        return {
+            "iteration": -1,
+            "sentence_id": sentence.id,
+            "length_class": sentence.length_class,
+            "emotion": emotion,
+            "phones": int(inputs["sy"].shape[-1]),
+            "frames": int(out.mel.shape[1]),
+            "audio_s": int(wav.shape[-1]) / float(SAMPLE_RATE),
+            "frontend_s": t1 - t0,
+            "acoustic_s": t2 - t1,
+            "vocoder_s": t3 - t2,
+            "total_s": t3 - t0,
+        }
+
+
+def run(args, started: float, phases: dict, clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Every phase of one process, filling ``phases`` as it goes; returns the worker document."""
+    deadline = started + args.deadline_s if args.deadline_s else None
+    t = clock()
+    import torch
+
+    from variants import artifact, corpus, frontend
+    from variants import models as _models  # noqa: F401 - part of the model code a user's process imports
+
+    phases["import_s"] = clock() - t
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t = clock()
+    acoustic = artifact.load_component(args.artifact, "acoustic")
+    phases["acoustic_load_s"] = clock() - t
+    t = clock()
+    vocoder = artifact.load_component(args.artifact, "vocoder")
+    phases["vocoder_load_s"] = clock() - t
+    acoustic.eval()
+    vocoder.eval()
+
+    plan, block = make_plan(corpus, frontend.EMOTIONS, args.sentences.split(","), args.seed)
+    synth = Synthesizer(frontend, acoustic, vocoder, clock)
+    warmup_done = 0
+    with torch.inference_mode():
+        t = clock()
+        synth(plan[0])
+        phases["first_inference_s"] = clock() - t
+        for i in range(args.warmup):
+            if deadline is not None and clock() >= deadline:
+                break
+            synth(plan[(i + 1) % len(plan)])
+            warmup_done += 1
+        rule = StopRule(args.min_iters, args.min_seconds, args.max_iters, block, deadline)
+        samples, reason, steady_s = steady_state(plan, synth, rule, clock)
+    doc = {
+        "status": "ok", "error": None, "phases": phases, "samples": samples, "stop_reason": reason,
+        "steady_s": steady_s, "warmup_done": warmup_done, "threads": torch.get_num_threads(),
+        "torch": str(torch.__version__), "quantized_engine": str(torch.backends.quantized.engine),
+    }
+    if not samples:
+        doc["status"] = "failed"
+        doc["error"] = "the process's time share ran out before the first steady-state iteration"
+    return doc
+
+
+def parse_args(argv: Optional[Sequence[str]] = None):
+    p = argparse.ArgumentParser(prog="edgebench-agent-worker", description=__doc__.splitlines()[0])
+    p.add_argument("--artifact", required=True)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--min-iters", type=int, default=10)
+    p.add_argument("--min-seconds", type=float, default=5.0)
+    p.add_argument("--max-iters", type=int, default=200)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--sentences", default="short,medium,long")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--deadline-s", type=float, default=None,
+                   help="stop iterating this many seconds after the process started")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    started = time.perf_counter()
+    args = parse_args(argv)
+    # Keep the real stdout for the JSON document; everything else written to fd 1 lands on stderr.
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    phases = dict.fromkeys(PHASES)
+    try:
+        from variants.errors import VariantsError
+
+        try:
+            doc = run(args, started, phases)
+        except (VariantsError, WorkerError) as exc:
+            doc = _failed(f"{type(exc).__name__}: {exc}", phases)
+    except ImportError as exc:
+        doc = _failed(f"cannot import the model code: {exc}", phases)
+    # Any other exception is a bug: its traceback goes to stderr and the supervisor records the exit.
+    out.write(json.dumps(doc, separators=(",", ":")) + "\n")
+    out.flush()
+    return 0 if doc["status"] == "ok" else 1
+
+
+def _failed(error: str, phases: dict) -> dict:
+    doc = dict.fromkeys(WORKER_KEYS)
+    doc.update(status="failed", error=error, phases=phases, samples=[])
+    return doc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

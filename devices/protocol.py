@@ -1,0 +1,134 @@
+"""The measurement protocol's settings (see design.md, "Measurement protocol").
+
+One immutable value object shared by the controller (``devices.measure``, ``harness``) and turned into
+the agent's command-line arguments here, so the agent and the controller cannot disagree on a name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+from devices.errors import DevicesError
+
+LENGTH_CLASSES = ("short", "medium", "long")
+
+# Time the agent may need beyond the measurement timeout: interpreter start, facts, lock, JSON out.
+AGENT_OVERHEAD_S = 60.0
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How one variant is measured on one device.
+
+    processes: fresh worker processes, run one after another (never two at once on a device).
+    warmup: iterations run after the first inference and dropped.
+    min_iters / min_seconds: the steady state runs until both are reached (and a balanced round of
+    the corpus schedule is complete), capped at max_iters.
+    threads: torch.set_num_threads in the worker; None keeps torch's default.
+    timeout_s: overall limit of one agent invocation (all processes); each process gets a fair share.
+    sentences: length classes of the corpus to measure.
+    seed: seed of the corpus schedule.
+    hot_limit_c: a process is flagged ``hot`` above this temperature.
+    """
+
+    processes: int = 3
+    warmup: int = 2
+    min_iters: int = 10
+    min_seconds: float = 5.0
+    max_iters: int = 200
+    threads: int | None = None
+    timeout_s: float = 900.0
+    sentences: tuple[str, ...] = LENGTH_CLASSES
+    seed: int = 0
+    hot_limit_c: float = 80.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sentences", tuple(self.sentences))
+        for name in ("processes", "min_iters", "max_iters"):
+            _check_int(name, getattr(self, name), minimum=1)
+        _check_int("warmup", self.warmup, minimum=0)
+        _check_int("seed", self.seed, minimum=0)
+        if self.threads is not None:
+            _check_int("threads", self.threads, minimum=1)
+        _check_number("min_seconds", self.min_seconds, minimum=0.0)
+        _check_number("timeout_s", self.timeout_s, minimum=1.0)
+        _check_number("hot_limit_c", self.hot_limit_c, minimum=0.0)
+        if self.min_iters > self.max_iters:
+            raise DevicesError(
+                f"protocol: min_iters ({self.min_iters}) is larger than max_iters ({self.max_iters})"
+            )
+        if not self.sentences:
+            raise DevicesError(f"protocol: sentences is empty; use some of {', '.join(LENGTH_CLASSES)}")
+        for cls in self.sentences:
+            if cls not in LENGTH_CLASSES:
+                raise DevicesError(
+                    f"protocol: sentences: unknown length class {cls!r}; known: {', '.join(LENGTH_CLASSES)}"
+                )
+        if len(set(self.sentences)) != len(self.sentences):
+            raise DevicesError(f"protocol: sentences lists a length class twice: {list(self.sentences)}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["sentences"] = list(self.sentences)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Protocol:
+        """Build from a mapping (e.g. the ``[protocol]`` table of edgebench.toml); unknown keys are errors."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DevicesError(
+                f"protocol: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**data)
+
+    def agent_args(self) -> list[str]:
+        """Arguments of ``agent measure`` that carry this protocol (artifact and variant not included)."""
+        args = [
+            "--processes", str(self.processes),
+            "--warmup", str(self.warmup),
+            "--min-iters", str(self.min_iters),
+            "--min-seconds", repr(float(self.min_seconds)),
+            "--max-iters", str(self.max_iters),
+            "--timeout", repr(float(self.timeout_s)),
+            "--sentences", ",".join(self.sentences),
+            "--seed", str(self.seed),
+            "--hot-limit", repr(float(self.hot_limit_c)),
+        ]  # fmt: skip
+        if self.threads is not None:
+            args += ["--threads", str(self.threads)]
+        return args
+
+    def transport_timeout(self) -> float:
+        """Seconds the controller waits for one agent invocation before giving up on it."""
+        return float(self.timeout_s) + AGENT_OVERHEAD_S
+
+    def echoed(self) -> dict:
+        """The ``protocol`` object a record measured under this protocol must carry."""
+        return {
+            "processes": self.processes,
+            "warmup": self.warmup,
+            "min_iters": self.min_iters,
+            "min_seconds": float(self.min_seconds),
+            "max_iters": self.max_iters,
+            "threads": self.threads,
+            "timeout_s": float(self.timeout_s),
+            "sentences": list(self.sentences),
+            "seed": self.seed,
+        }
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DevicesError(f"protocol: {name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise DevicesError(f"protocol: {name} must be >= {minimum}, got {value}")
+
+
+def _check_number(name: str, value: object, minimum: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DevicesError(f"protocol: {name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < minimum:
+        raise DevicesError(f"protocol: {name} must be a finite number >= {minimum}, got {value}")
