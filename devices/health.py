@@ -1,0 +1,184 @@
+"""Device health (``edgebench devices check``): can this device take part in a run?
+
+Reachable, Python and torch present (with versions), enough free disk in the work directory and free
+memory, temperature, torch's quantized engine. Checked with a small Python program run through the
+transport (stdlib + torch, Python 3.8+), before any bundle is pushed. A device that fails is ineligible
+with the reason (``Health.ok`` False); checking many devices runs them in parallel and one device's
+failure never stops the others.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from devices.errors import DevicesError
+from devices.inventory import Device
+from devices.transport import Transport, open_transport
+
+MIN_PYTHON = (3, 8)
+MIN_TORCH = (1, 13)
+MIN_FREE_DISK_BYTES = 512 * 1024**2
+MIN_MEM_AVAILABLE_BYTES = 256 * 1024**2
+MAX_TEMP_C = 80.0
+CHECK_TIMEOUT_S = 90.0     # importing torch on a cold Pi takes tens of seconds
+
+# Runs on the device: python -c HEALTH_SNIPPET WORK_DIR ; prints one JSON object.
+HEALTH_SNIPPET = r"""
+import glob, json, os, platform, shutil, socket, sys, time
+work = os.path.abspath(os.path.expanduser(sys.argv[1]))
+facts = {"python": platform.python_version(), "machine": platform.machine(), "os": platform.platform(),
+         "hostname": socket.gethostname(), "cores": os.cpu_count(), "work_dir": work}
+probe = work
+while not os.path.isdir(probe) and os.path.dirname(probe) != probe:
+    probe = os.path.dirname(probe)
+try:
+    facts["disk_free_bytes"] = shutil.disk_usage(probe).free
+except OSError:
+    facts["disk_free_bytes"] = None
+mem = {}
+try:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            parts = v.split()
+            if parts and parts[0].isdigit():
+                mem[k.strip()] = int(parts[0]) * 1024
+except OSError:
+    pass
+facts["mem_total_bytes"] = mem.get("MemTotal"); facts["mem_available_bytes"] = mem.get("MemAvailable")
+temps = []
+for zone in glob.glob("/sys/class/thermal/thermal_zone*/temp"):
+    try:
+        with open(zone) as f:
+            value = float(f.read().strip()) / 1000.0
+        if -40.0 < value < 150.0:
+            temps.append(value)
+    except (OSError, ValueError):
+        pass
+facts["temp_c"] = max(temps) if temps else None
+model = None
+try:
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k.strip() in ("model name", "Model", "Hardware") and v.strip():
+                model = v.strip(); break
+except OSError:
+    pass
+facts["cpu_model"] = model or platform.processor() or None
+t0 = time.time()
+try:
+    import torch
+    facts["torch"] = str(torch.__version__).split("+")[0]
+    facts["torch_import_s"] = round(time.time() - t0, 3)
+    facts["quantized_engine"] = str(torch.backends.quantized.engine)
+    facts["quantized_engines"] = [str(e) for e in torch.backends.quantized.supported_engines]
+except Exception as exc:
+    facts["torch"] = None
+    facts["torch_error"] = "%s: %s" % (type(exc).__name__, exc)
+print(json.dumps(facts))
+"""
+
+
+@dataclass(frozen=True)
+class Health:
+    ok: bool
+    reason: str | None
+    facts: dict = field(default_factory=dict)
+    device: str = ""
+    warnings: tuple = ()
+    duration_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"device": self.device, "ok": self.ok, "reason": self.reason, "warnings": list(self.warnings),
+                "facts": dict(self.facts), "duration_s": round(self.duration_s, 3)}
+
+
+def _version_tuple(text: str) -> tuple:
+    parts = []
+    for piece in str(text).split("+")[0].split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def judge(facts: dict) -> tuple:
+    """(reason or None, warnings) for facts reported by HEALTH_SNIPPET."""
+    problems, warnings = [], []
+    python = facts.get("python") or "?"
+    if _version_tuple(python) < MIN_PYTHON:
+        problems.append(f"Python {python} < {'.'.join(map(str, MIN_PYTHON))}")
+    torch = facts.get("torch")
+    if not torch:
+        problems.append(f"torch not importable ({facts.get('torch_error', 'not installed')})")
+    elif _version_tuple(torch) < MIN_TORCH:
+        problems.append(f"torch {torch} < {'.'.join(map(str, MIN_TORCH))}")
+    free = facts.get("disk_free_bytes")
+    if isinstance(free, int) and free < MIN_FREE_DISK_BYTES:
+        problems.append(f"only {free / 1024**2:.0f} MiB free disk in {facts.get('work_dir')} "
+                        f"(needs {MIN_FREE_DISK_BYTES / 1024**2:.0f} MiB)")
+    avail = facts.get("mem_available_bytes")
+    if isinstance(avail, int) and avail < MIN_MEM_AVAILABLE_BYTES:
+        problems.append(f"only {avail / 1024**2:.0f} MiB memory available "
+                        f"(needs {MIN_MEM_AVAILABLE_BYTES / 1024**2:.0f} MiB)")
+    temp = facts.get("temp_c")
+    if isinstance(temp, (int, float)) and temp >= MAX_TEMP_C:
+        problems.append(f"too hot: {temp:.0f} °C (limit {MAX_TEMP_C:.0f} °C; let it cool down)")
+    if torch and facts.get("quantized_engine") in (None, "none"):
+        warnings.append("torch has no quantized engine: quantized variants will fail on this device")
+    if free is None:
+        warnings.append("free disk unknown")
+    if avail is None:
+        warnings.append("available memory unknown")
+    return ("; ".join(problems) or None), warnings
+
+
+def check(transport: Transport, device: Device, timeout: float = CHECK_TIMEOUT_S) -> Health:
+    """Health of one device; device failures become ``Health(ok=False, reason=...)``, never exceptions."""
+    start = time.monotonic()
+    try:
+        result = transport.run([device.python, "-c", HEALTH_SNIPPET, transport.work_dir], timeout=timeout)
+    except DevicesError as exc:   # unreachable, untrusted host key, timeout: the device is ineligible
+        return Health(False, f"unreachable: {exc}", {}, device.name, (), time.monotonic() - start)
+    elapsed = time.monotonic() - start
+    if result.exit_code != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        what = ("Python not found" if result.exit_code in (126, 127)
+                else f"health check failed (exit {result.exit_code})")
+        return Health(False, f"{what}: {device.python}: {last}", {}, device.name, (), elapsed)
+    try:
+        facts = json.loads(result.stdout.strip().splitlines()[-1])
+        if not isinstance(facts, dict):
+            raise ValueError("not an object")
+    except (ValueError, IndexError):
+        return Health(False, f"health check printed no facts: {result.stdout[-200:]!r}", {}, device.name,
+                      (), elapsed)
+    reason, warnings = judge(facts)
+    return Health(reason is None, reason, facts, device.name, tuple(warnings), elapsed)
+
+
+def check_device(device: Device, known_hosts: Path | None = None, state_dir: Path | None = None,
+                 timeout: float = CHECK_TIMEOUT_S) -> Health:
+    """Open a transport, check, close. Never raises for a device-side failure."""
+    start = time.monotonic()
+    try:
+        transport = open_transport(device, known_hosts=known_hosts, state_dir=state_dir)
+    except DevicesError as exc:
+        return Health(False, str(exc), {}, device.name, (), time.monotonic() - start)
+    with transport:
+        return check(transport, device, timeout=timeout)
+
+
+def check_devices(devices: Sequence[Device], known_hosts: Path | None = None, state_dir: Path | None = None,
+                  timeout: float = CHECK_TIMEOUT_S, max_workers: int = 8) -> list:
+    """Health of every device, checked in parallel; results in the order given."""
+    if not devices:
+        return []
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(devices))) as pool:
+        futures = [pool.submit(check_device, d, known_hosts, state_dir, timeout) for d in devices]
+        return [f.result() for f in futures]
