@@ -102,6 +102,27 @@ def make_plan(corpus_module, emotions: Sequence[str], classes: Sequence[str], se
     return plan, balanced_block(plan, len(sentences))
 
 
+def measure_phases(synth: Callable[[object], dict], plan: Sequence, warmup: int, rule: StopRule,
+                   clock: Callable[[], float]):
+    """First inference (timed alone, never a sample), ``warmup`` dropped iterations, then the steady state.
+
+    Returns (first_inference_s, warmup_done, samples, stop_reason, steady_s). Warmup stops early at the
+    rule's deadline; the steady state always starts at the beginning of ``plan`` so its rounds stay
+    balanced.
+    """
+    t = clock()
+    synth(plan[0])
+    first_s = clock() - t
+    warmup_done = 0
+    for i in range(warmup):
+        if rule.deadline is not None and clock() >= rule.deadline:
+            break
+        synth(plan[(i + 1) % len(plan)])
+        warmup_done += 1
+    samples, reason, steady_s = steady_state(plan, synth, rule, clock)
+    return first_s, warmup_done, samples, reason, steady_s
+
+
 class Synthesizer:
     """Times one (sentence, emotion) through the frontend, the acoustic model and the vocoder."""
 
@@ -159,18 +180,11 @@ def run(args, started: float, phases: dict, clock: Callable[[], float] = time.pe
 
     plan, block = make_plan(corpus, frontend.EMOTIONS, args.sentences.split(","), args.seed)
     synth = Synthesizer(frontend, acoustic, vocoder, clock)
-    warmup_done = 0
+    rule = StopRule(args.min_iters, args.min_seconds, args.max_iters, block, deadline)
     with torch.inference_mode():
-        t = clock()
-        synth(plan[0])
-        phases["first_inference_s"] = clock() - t
-        for i in range(args.warmup):
-            if deadline is not None and clock() >= deadline:
-                break
-            synth(plan[(i + 1) % len(plan)])
-            warmup_done += 1
-        rule = StopRule(args.min_iters, args.min_seconds, args.max_iters, block, deadline)
-        samples, reason, steady_s = steady_state(plan, synth, rule, clock)
+        measured = measure_phases(synth, plan, args.warmup, rule, clock)
+    first_s, warmup_done, samples, reason, steady_s = measured
+    phases["first_inference_s"] = first_s
     doc = {
         "status": "ok", "error": None, "phases": phases, "samples": samples, "stop_reason": reason,
         "steady_s": steady_s, "warmup_done": warmup_done, "threads": torch.get_num_threads(),
