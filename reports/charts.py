@@ -1,0 +1,432 @@
+"""Charts as inline SVG strings (matplotlib, no pyplot state, text drawn as paths so no font is needed).
+
+Every function takes ``ReportData`` (and a device where the chart is per device) and returns an SVG
+string ready to inline into the report, or ``None`` when there is nothing to draw. Labels are drawn
+with a CJK-capable font when this machine has one; otherwise non-ASCII characters are replaced so no
+glyph renders as a box.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from functools import lru_cache
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import matplotlib
+from matplotlib.figure import Figure
+
+from reports.model import HEADLINE_CLASS, LENGTH_CLASSES, STAGES, ReportData, Sample
+
+# Families that render Chinese, in order of preference.
+CJK_FAMILIES = (
+    "Noto Sans CJK SC",
+    "Noto Sans SC",
+    "Source Han Sans SC",
+    "Source Han Sans CN",
+    "WenQuanYi Micro Hei",
+    "WenQuanYi Zen Hei",
+    "Droid Sans Fallback",
+    "AR PL UMing CN",
+    "SimHei",
+    "Microsoft YaHei",
+    "PingFang SC",
+)
+PALETTE = (
+    "#3b6fb6",
+    "#e08a2c",
+    "#3f9a5b",
+    "#c8453c",
+    "#8a63b8",
+    "#8c6d4f",
+    "#d16ba5",
+    "#6f7a86",
+    "#b5a22e",
+    "#2ea7b5",
+)
+STAGE_COLOURS = {"frontend": "#9aa5b1", "acoustic": "#3b6fb6", "vocoder": "#e08a2c"}
+BUDGET_COLOUR = "#c8453c"
+INK = "#1f2933"
+MUTED = "#6b7785"
+GRID = "#e4e7eb"
+
+
+@lru_cache(maxsize=1)
+def cjk_family() -> Optional[str]:
+    """The first installed font family that renders CJK, or None."""
+    from matplotlib import font_manager
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    for family in CJK_FAMILIES:
+        if family in installed:
+            return family
+    return None
+
+
+def label(text: str) -> str:
+    """Text safe to draw: unchanged with a CJK font (or when ASCII), else non-ASCII replaced by '?'."""
+    text = str(text)
+    if text.isascii() or cjk_family() is not None:
+        return text
+    return "".join(ch if ord(ch) < 128 else "?" for ch in text)
+
+
+def _rc() -> Dict[str, object]:
+    family = [cjk_family(), "DejaVu Sans"] if cjk_family() else ["DejaVu Sans"]
+    return {
+        "svg.fonttype": "path",
+        "svg.hashsalt": "edgebench",  # stable element ids: identical input, identical SVG
+        "font.family": "sans-serif",
+        "font.sans-serif": family,
+        "font.size": 9.5,
+        "axes.edgecolor": "#9aa5b1",
+        "axes.labelcolor": INK,
+        "axes.titlesize": 10.5,
+        "axes.titleweight": "bold",
+        "axes.titlecolor": INK,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "axes.grid": True,
+        "grid.color": GRID,
+        "grid.linewidth": 0.8,
+        "xtick.color": MUTED,
+        "ytick.color": MUTED,
+        "xtick.labelcolor": INK,
+        "ytick.labelcolor": INK,
+        "legend.frameon": False,
+        "figure.dpi": 72,
+        "axes.unicode_minus": False,
+    }
+
+
+_XML_HEAD = re.compile(r"^.*?(?=<svg)", re.S)
+_COMMENT = re.compile(r"<!--.*?-->", re.S)
+_SIZE_ATTR = re.compile(r'(<svg[^>]*?)\s(?:width|height)="[^"]*"')
+
+
+def _to_svg(fig: Figure, title: str) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
+    svg = _COMMENT.sub("", _XML_HEAD.sub("", buf.getvalue(), count=1))
+    # Drop the fixed size so CSS scales the chart to the column; the viewBox keeps the aspect ratio.
+    for _ in range(2):
+        svg = _SIZE_ATTR.sub(r"\1", svg, count=1)
+    escaped = title.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
+    return svg.replace("<svg ", f'<svg role="img" aria-label="{escaped}" class="chart" ', 1)
+
+
+def variant_colours(variants: Sequence[str]) -> Dict[str, str]:
+    return {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(variants)}
+
+
+def _ms(values: Iterable[float]) -> List[float]:
+    return [v * 1000.0 for v in values]
+
+
+def _median(values: Sequence[float]) -> float:
+    s = sorted(values)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def _device_samples(data: ReportData, device: str) -> List[Tuple[str, Tuple[Sample, ...]]]:
+    return [(v, data.samples[(device, v)]) for v in data.variant_names if data.samples.get((device, v))]
+
+
+def _latency_limit(data: ReportData, device: str, length_class: str, metric: str = "latency_p90_s"):
+    for c in data.verdict.checks:
+        if c.device == device and c.metric == metric and c.length_class in (length_class, None):
+            return c.limit
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def latency_distributions(data: ReportData, device: str) -> Optional[str]:
+    """Box plots of raw steady-state latency per variant, one panel per sentence length class."""
+    per_variant = _device_samples(data, device)
+    if not per_variant:
+        return None
+    classes = [lc for lc in LENGTH_CLASSES if any(s.length_class == lc for _, ss in per_variant for s in ss)]
+    colours = variant_colours(data.variant_names)
+    names = [v for v, _ in per_variant]
+    with matplotlib.rc_context(_rc()):
+        fig = Figure(figsize=(3.9 * len(classes) + 1.2, 0.42 * len(names) + 1.3))
+        axes = fig.subplots(1, len(classes), sharey=True, squeeze=False)[0]
+        for ax, lc in zip(axes, classes):
+            series = [_ms(s.total_s for s in ss if s.length_class == lc) for _, ss in per_variant]
+            positions = list(range(len(names), 0, -1))
+            keep = [(p, s, v) for p, s, v in zip(positions, series, names) if s]
+            bp = ax.boxplot(
+                [s for _, s, _ in keep],
+                positions=[p for p, _, _ in keep],
+                vert=False,
+                widths=0.55,
+                patch_artist=True,
+                showfliers=True,
+                flierprops={"marker": ".", "markersize": 3, "markeredgecolor": MUTED},
+                medianprops={"color": INK, "linewidth": 1.4},
+                whiskerprops={"color": MUTED},
+                capprops={"color": MUTED},
+            )
+            for patch, (_, _, v) in zip(bp["boxes"], keep):
+                patch.set_facecolor(colours[v])
+                patch.set_alpha(0.75)
+                patch.set_edgecolor(colours[v])
+            limit = _latency_limit(data, device, lc)
+            if limit is not None:
+                ax.axvline(limit * 1000, color=BUDGET_COLOUR, linestyle="--", linewidth=1.2)
+                ax.text(
+                    limit * 1000,
+                    len(names) + 0.45,
+                    f" p90 budget {limit * 1000:.0f} ms",
+                    color=BUDGET_COLOUR,
+                    fontsize=8,
+                    va="bottom",
+                )
+            ax.set_title(f"{lc} sentences")
+            ax.set_xlabel("latency per sentence (ms)")
+            ax.set_xlim(left=0)
+            ax.set_ylim(0.4, len(names) + 0.9)
+            ax.grid(axis="y", visible=False)
+        axes[0].set_yticks(list(range(len(names), 0, -1)), [label(v) for v in names])
+        fig.subplots_adjust(wspace=0.08)
+        return _to_svg(fig, f"Latency distribution per variant on {device}")
+
+
+def stage_breakdown(data: ReportData, device: str) -> Optional[str]:
+    """Median time per stage (frontend / acoustic / vocoder) per variant, stacked, per length class."""
+    per_variant = _device_samples(data, device)
+    if not per_variant:
+        return None
+    classes = [lc for lc in LENGTH_CLASSES if any(s.length_class == lc for _, ss in per_variant for s in ss)]
+    names = [v for v, _ in per_variant]
+    with matplotlib.rc_context(_rc()):
+        fig = Figure(figsize=(3.9 * len(classes) + 1.2, 0.42 * len(names) + 1.5))
+        axes = fig.subplots(1, len(classes), sharey=True, squeeze=False)[0]
+        for ax, lc in zip(axes, classes):
+            ys = list(range(len(names), 0, -1))
+            left = [0.0] * len(names)
+            for stage in STAGES:
+                widths = []
+                for _, ss in per_variant:
+                    vals = [getattr(s, f"{stage}_s") for s in ss if s.length_class == lc]
+                    widths.append(_median(vals) * 1000 if vals else 0.0)
+                ax.barh(ys, widths, left=left, height=0.6, color=STAGE_COLOURS[stage], label=stage)
+                left = [a + b for a, b in zip(left, widths)]
+            for y, total in zip(ys, left):
+                if total > 0:
+                    ax.text(
+                        total,
+                        y,
+                        f" {total:.0f} ms" if total >= 10 else f" {total:.1f} ms",
+                        va="center",
+                        fontsize=8,
+                        color=INK,
+                    )
+            ax.set_xlim(0, max(left) * 1.22 if max(left) > 0 else 1)
+            ax.set_title(f"{lc} sentences (medians)")
+            ax.set_xlabel("ms")
+            ax.grid(axis="y", visible=False)
+        axes[0].set_yticks(list(range(len(names), 0, -1)), [label(v) for v in names])
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(
+            handles, labels, loc="upper center", ncol=3, bbox_to_anchor=(0.5, 1.02 + 0.25 / len(names))
+        )
+        fig.subplots_adjust(wspace=0.08)
+        return _to_svg(fig, f"Time per stage per variant on {device}")
+
+
+def latency_vs_length(data: ReportData, device: str) -> Optional[str]:
+    """Latency against sentence length (phones), and real-time factor against audio length."""
+    per_variant = _device_samples(data, device)
+    if not per_variant:
+        return None
+    colours = variant_colours(data.variant_names)
+    with matplotlib.rc_context(_rc()):
+        fig = Figure(figsize=(12.5, 3.9))
+        ax1, ax2 = fig.subplots(1, 2)
+        for v, ss in per_variant:
+            ax1.scatter(
+                [s.phones for s in ss],
+                _ms(s.total_s for s in ss),
+                s=9,
+                alpha=0.55,
+                color=colours[v],
+                label=label(v),
+                linewidths=0,
+            )
+            pts = [(s.audio_s, s.total_s / s.audio_s) for s in ss if s.audio_s > 0]
+            ax2.scatter(
+                [a for a, _ in pts], [r for _, r in pts], s=9, alpha=0.55, color=colours[v], linewidths=0
+            )
+        ax1.set_xlabel("sentence length (phones)")
+        ax1.set_ylabel("latency (ms)")
+        ax1.set_title("Latency vs sentence length")
+        ax1.set_xlim(left=0)
+        ax1.set_ylim(bottom=0)
+        ax2.axhline(1.0, color=BUDGET_COLOUR, linestyle="--", linewidth=1.1)
+        ax2.text(ax2.get_xlim()[0], 1.0, " real time (RTF 1)", color=BUDGET_COLOUR, fontsize=8, va="bottom")
+        ax2.set_xlabel("audio length (s)")
+        ax2.set_ylabel("real-time factor (compute s / audio s)")
+        ax2.set_title("Real-time factor vs audio length")
+        ax2.set_ylim(bottom=0)
+        ax1.legend(loc="upper left", markerscale=2.2, fontsize=8.5)
+        fig.subplots_adjust(wspace=0.22)
+        return _to_svg(fig, f"Latency and real-time factor against sentence length on {device}")
+
+
+def pareto(data: ReportData, device: str) -> Optional[str]:
+    """Size vs short-sentence p90, coloured by mel distortion; the non-dominated variants are joined."""
+    pts = []
+    for r in data.results_for(device):
+        size, p90 = r.size_bytes, r.value("latency_p90_s", HEADLINE_CLASS)
+        if size and p90:
+            pts.append((r.variant, size / 1e6, p90 * 1000, r.mcd_db))
+    if not pts:
+        return None
+    with matplotlib.rc_context(_rc()):
+        fig = Figure(figsize=(12.5, 4.6))
+        ax = fig.subplots()
+        fidelity = [p[3] for p in pts if p[3] is not None]
+        kwargs = {}
+        if fidelity:
+            kwargs = {"c": [p[3] if p[3] is not None else min(fidelity) for p in pts], "cmap": "viridis_r"}
+        else:
+            kwargs = {"color": PALETTE[0]}
+        sc = ax.scatter(
+            [p[1] for p in pts],
+            [p[2] for p in pts],
+            s=90,
+            edgecolors="white",
+            linewidths=1.2,
+            zorder=3,
+            **kwargs,
+        )
+        _annotate(ax, [(name, x, y) for name, x, y, _ in pts])
+        front = sorted(pts, key=lambda p: (p[1], p[2]))
+        frontier, best = [], float("inf")
+        for p in front:
+            if p[2] < best:
+                frontier.append(p)
+                best = p[2]
+        if len(frontier) > 1:
+            ax.plot(
+                [p[1] for p in frontier],
+                [p[2] for p in frontier],
+                color=MUTED,
+                linestyle=":",
+                linewidth=1.2,
+                zorder=2,
+                label="Pareto front (smaller and faster)",
+            )
+        lat_limit = _latency_limit(data, device, HEADLINE_CLASS)
+        size_limit = None
+        for c in data.verdict.checks:
+            if c.device == device and c.metric == "size_bytes":
+                size_limit = c.limit
+                break
+        if lat_limit is not None:
+            ax.axhline(
+                lat_limit * 1000,
+                color=BUDGET_COLOUR,
+                linestyle="--",
+                linewidth=1.1,
+                label=f"p90 budget {lat_limit * 1000:.0f} ms",
+            )
+        if size_limit is not None:
+            ax.axvline(
+                size_limit / 1e6,
+                color=BUDGET_COLOUR,
+                linestyle="-.",
+                linewidth=1.1,
+                label=f"size budget {size_limit / 1e6:.0f} MB",
+            )
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("model size, acoustic + vocoder (MB)")
+        ax.set_ylabel(f"{HEADLINE_CLASS}-sentence p90 (ms)")
+        ax.set_title("Size vs latency vs fidelity")
+        if fidelity:
+            cb = fig.colorbar(sc, ax=ax, shrink=0.85, pad=0.02)
+            cb.set_label("mel distortion (dB, lower is better)")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=8.5)
+        return _to_svg(fig, f"Pareto view of size, latency and fidelity on {device}")
+
+
+def _annotate(ax, points: Sequence[Tuple[str, float, float]]) -> None:
+    """Label each point, moving a label below its point when it would sit on an earlier one."""
+    xs = [x for _, x, _ in points] + [0.0]
+    ys = [y for _, _, y in points] + [0.0]
+    xspan = (max(xs) - min(xs)) or 1.0
+    yspan = (max(ys) - min(ys)) or 1.0
+    placed: List[Tuple[float, float]] = []
+    for name, x, y in sorted(points, key=lambda p: -p[2]):
+        fx, fy = x / xspan, y / yspan
+        clash = any(abs(fx - px) < 0.12 and abs(fy - py) < 0.07 for px, py in placed)
+        offset = (7, -13) if clash else (7, 5)
+        ax.annotate(label(name), (x, y), xytext=offset, textcoords="offset points", fontsize=8.5, color=INK)
+        placed.append((fx, fy + (-0.05 if clash else 0.0)))
+
+
+def trends(data: ReportData) -> Optional[str]:
+    """Short-sentence p90 over the nightly history, one panel per device, budget line dashed."""
+    if not data.history:
+        return None
+    runs: List[str] = []
+    for p in sorted(data.history, key=lambda p: (p.started_at, p.run_id)):
+        if p.run_id not in runs:
+            runs.append(p.run_id)
+    if len(runs) < 2:
+        return None
+    devices = [d for d in data.device_names if any(p.device == d for p in data.history)]
+    colours = variant_colours(
+        data.variant_names + tuple(sorted({p.variant for p in data.history} - set(data.variant_names)))
+    )
+    with matplotlib.rc_context(_rc()):
+        fig = Figure(figsize=(12.5, 3.1 * len(devices) + 0.4))
+        axes = fig.subplots(len(devices), 1, squeeze=False, sharex=True)[:, 0]
+        x_of = {r: i for i, r in enumerate(runs)}
+        for ax, device in zip(axes, devices):
+            variants = [
+                v for v in colours if any(p.device == device and p.variant == v for p in data.history)
+            ]
+            for v in variants:
+                pts = sorted(
+                    (x_of[p.run_id], p.value_s * 1000)
+                    for p in data.history
+                    if p.device == device and p.variant == v
+                )
+                ax.plot(
+                    [x for x, _ in pts],
+                    [y for _, y in pts],
+                    marker="o",
+                    markersize=3.5,
+                    linewidth=1.5,
+                    color=colours[v],
+                    label=label(v),
+                )
+            limit = _latency_limit(data, device, HEADLINE_CLASS)
+            if limit is not None:
+                ax.axhline(limit * 1000, color=BUDGET_COLOUR, linestyle="--", linewidth=1.1)
+                ax.text(
+                    0,
+                    limit * 1000,
+                    f" budget {limit * 1000:.0f} ms",
+                    color=BUDGET_COLOUR,
+                    fontsize=8,
+                    va="bottom",
+                )
+            if data.run.run_id in x_of:
+                ax.axvspan(
+                    x_of[data.run.run_id] - 0.35, x_of[data.run.run_id] + 0.35, color="#fff3c4", zorder=0
+                )
+            ax.set_title(f"{label(device)}: {HEADLINE_CLASS}-sentence p90 per nightly run")
+            ax.set_ylabel("ms")
+            ax.set_ylim(bottom=0)
+            ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8.5)
+        ticks = list(range(len(runs)))
+        axes[-1].set_xticks(ticks, [label(r) for r in runs], rotation=30, ha="right", fontsize=8)
+        return _to_svg(fig, "Nightly trend of the headline latency")

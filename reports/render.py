@@ -1,0 +1,272 @@
+"""Render one run as a self-contained HTML report plus the comparison table as CSV and Markdown.
+
+``render_run(store, run_id, out_dir)`` is the entry point the CLI and the orchestrator call;
+``render_report(data, out_dir)`` does the work from a ``ReportData`` (tests build one by hand).
+The template is autoescaped: every string that came from a device is shown as text. The only markup
+passed through unescaped is the SVG that matplotlib produced here (its text is drawn as paths).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
+
+import jinja2
+from markupsafe import Markup
+
+from reports import charts, tables
+from reports.audio import AudioGrid, collect_audio
+from reports.model import (
+    BUDGET_FAILED,
+    COULD_NOT_MEASURE,
+    HEADLINE_CLASS,
+    METRICS,
+    NO_BASELINE,
+    PASS,
+    REGRESSION,
+    Cause,
+    DeviceInfo,
+    ReportData,
+    load_report_data,
+)
+
+REPORT_FILE = "report.html"
+CSV_FILE = "comparison.csv"
+MARKDOWN_FILE = "comparison.md"
+# A WAV this small or smaller is embedded in the HTML (base64) rather than copied beside it.
+DEFAULT_EMBED_AUDIO_MAX_BYTES = 0
+
+VERDICT_TEXT = {
+    PASS: ("Pass", "✓", "Every budget met and no regression against the baseline."),
+    NO_BASELINE: ("No baseline", "?", "Every budget met; no baseline run to check for regressions."),
+    REGRESSION: ("Regression", "✗", "A variant got slower than the baseline run."),
+    BUDGET_FAILED: ("Budget failed", "✗", "At least one measurement is over its budget."),
+    COULD_NOT_MEASURE: ("Could not measure", "!", "At least one device/variant pair has no measurement."),
+}
+
+# Facts shown in the device table, in this order (the agent's FACTS keys).
+FACT_ROWS = (
+    ("cpu_model", "CPU"),
+    ("cores", "Cores"),
+    ("machine", "Architecture"),
+    ("os", "OS"),
+    ("python", "Python"),
+    ("torch", "torch"),
+    ("quantized_engine", "Quantized engine"),
+    ("governor", "Governor"),
+    ("freq_mhz", "Frequency (MHz)"),
+    ("temp_c", "Temperature (°C)"),
+    ("throttled_flags", "Throttle flags"),
+    ("load_avg", "Load average"),
+    ("mem_total_bytes", "Memory"),
+    ("mem_available_bytes", "Memory available"),
+    ("hostname", "Hostname"),
+)
+
+
+@dataclass(frozen=True)
+class CauseLine:
+    kind: str
+    where: str
+    what: str
+
+
+@dataclass(frozen=True)
+class DeviceSection:
+    name: str
+    table: tables.ComparisonTable
+    charts: Tuple[Tuple[str, Markup], ...]  # (caption, svg)
+    flagged: bool
+
+
+@dataclass(frozen=True)
+class FactRow:
+    label: str
+    values: Tuple[Tuple[str, Optional[str]], ...]  # per device: (before, after if different)
+
+
+def _fact_text(key: str, value: Any) -> str:
+    if value is None or value == "":
+        return "—"
+    if key.startswith("mem_"):
+        return tables.fmt_bytes(float(value))
+    if key == "load_avg" and isinstance(value, (list, tuple)):
+        return " / ".join(f"{float(x):.2f}" for x in value)
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+def fact_rows(devices: Sequence[DeviceInfo]) -> Tuple[FactRow, ...]:
+    rows = []
+    known = {k for k, _ in FACT_ROWS}
+    extra = sorted({k for d in devices for k in d.facts_before if k not in known})
+    for key, name in list(FACT_ROWS) + [(k, k) for k in extra]:
+        values = []
+        for d in devices:
+            before = _fact_text(key, d.facts_before.get(key))
+            after = _fact_text(key, d.facts_after.get(key)) if key in d.facts_after else before
+            values.append((before, after if after != before else None))
+        if any(b != "—" or a for b, a in values):
+            rows.append(FactRow(name, tuple(values)))
+    return tuple(rows)
+
+
+def _where(*parts: Optional[str]) -> str:
+    return " · ".join(p for p in parts if p)
+
+
+def cause_lines(data: ReportData) -> Tuple[CauseLine, ...]:
+    # The causes of the verdict's own kind first (the banner says "could not measure": say where first).
+    causes = sorted(data.verdict.causes, key=lambda c: c.kind != data.verdict.kind)
+    return tuple(describe_cause(c, data) for c in causes)
+
+
+def describe_cause(c: Cause, data: ReportData) -> CauseLine:
+    metric = METRICS.get(c.metric or "")
+    if metric is not None and c.value is not None and c.limit is not None:
+        name = metric.label + (f" ({c.length_class})" if c.length_class else "")
+        what = (
+            f"{name} = {tables.fmt_metric(metric.key, c.value)} vs budget "
+            f"{tables.fmt_limit(metric.key, c.limit)}"
+        )
+        if c.message:
+            what += f" — {c.message}"
+    elif c.kind == REGRESSION:
+        reg = next(
+            (r for r in data.regressions if (r.device, r.variant) == (c.device, c.variant) and r.regressed),
+            None,
+        )
+        what = c.message or ""
+        if reg is not None:
+            what = (
+                f"{reg.length_class} median {reg.ratio:.2f}× the baseline"
+                + (f" (95 % CI {reg.ci_low:.2f}–{reg.ci_high:.2f}" if reg.ci_low is not None else " (")
+                + (f", p = {reg.p_value:.3g})" if reg.p_value is not None else ")")
+            )
+    else:
+        what = c.message or VERDICT_TEXT.get(c.kind, (c.kind, "", ""))[2]
+    return CauseLine(kind=c.kind, where=_where(c.device, c.variant), what=what)
+
+
+def _device_charts(data: ReportData, device: str) -> Tuple[Tuple[str, Markup], ...]:
+    out = []
+    for caption, fn in (
+        (
+            "Latency distribution of every steady-state sample (box: quartiles, line: median).",
+            charts.latency_distributions,
+        ),
+        ("Where the time goes: median per stage.", charts.stage_breakdown),
+        (
+            "Latency against sentence length, and real-time factor (compute time / audio time).",
+            charts.latency_vs_length,
+        ),
+        (
+            "Size vs latency vs fidelity: down and left is better; darker is closer to the original.",
+            charts.pareto,
+        ),
+    ):
+        svg = fn(data, device)
+        if svg:
+            out.append((caption, Markup(svg)))
+    return tuple(out)
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("reports", "templates"),
+        autoescape=True,  # every template, whatever its extension: device strings are untrusted
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["seconds"] = tables.fmt_seconds
+    env.filters["pct"] = tables.fmt_ratio_pct
+    return env
+
+
+def render_html(data: ReportData, audio: AudioGrid, generated_at: Optional[str] = None) -> str:
+    sections = [
+        DeviceSection(
+            name=t.device,
+            table=t,
+            charts=_device_charts(data, t.device),
+            flagged=any(r.throttled or r.hot for r in t.rows),
+        )
+        for t in tables.comparison_tables(data)
+    ]
+    trend_svg = charts.trends(data)
+    label, icon, summary = VERDICT_TEXT.get(data.verdict.kind, (data.verdict.kind, "?", ""))
+    failed_attempts = [a for a in data.attempts if a.status != "ok"]
+    flagged = [a for a in data.attempts if a.throttled or a.hot]
+    template = _environment().get_template("report.html")
+    return template.render(
+        data=data,
+        run=data.run,
+        verdict=data.verdict,
+        verdict_label=label,
+        verdict_icon=icon,
+        verdict_summary=summary,
+        causes=cause_lines(data),
+        sections=sections,
+        matrix=tables.headline_matrix(data),
+        headline_class=HEADLINE_CLASS,
+        regressions=data.regressions,
+        trend_svg=Markup(trend_svg) if trend_svg else None,
+        audio=audio,
+        devices=data.devices,
+        fact_rows=fact_rows(data.devices),
+        failed_attempts=failed_attempts,
+        flagged_attempts=flagged,
+        claims=tables.article_claims(data),
+        article_budgets=tables.ARTICLE_BUDGETS,
+        article_source=tables.ARTICLE_SOURCE,
+        budgets=_budget_lines(data.budgets),
+        generated_at=generated_at or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        pass_mark=tables.PASS_MARK,
+        fail_mark=tables.FAIL_MARK,
+    )
+
+
+def _budget_lines(budgets: Mapping[str, Any], prefix: str = "") -> List[Tuple[str, str]]:
+    """Flatten the budgets recorded with the run into (key, value) lines for display."""
+    out = []
+    for key, value in budgets.items():
+        if isinstance(value, Mapping):
+            out += _budget_lines(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", str(value)))
+    return out
+
+
+def render_report(
+    data: ReportData,
+    out_dir: Path,
+    *,
+    embed_audio_max_bytes: int = DEFAULT_EMBED_AUDIO_MAX_BYTES,
+    generated_at: Optional[str] = None,
+) -> Path:
+    """Write ``report.html`` (+ ``audio/``), ``comparison.csv`` and ``comparison.md`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    audio = collect_audio(data.audio, out_dir, data.variant_names, embed_max_bytes=embed_audio_max_bytes)
+    html = render_html(data, audio, generated_at=generated_at)
+    comparison = tables.comparison_tables(data)
+    _write(out_dir / CSV_FILE, tables.to_csv(comparison))
+    _write(out_dir / MARKDOWN_FILE, tables.to_markdown(comparison, title=f"edgebench run {data.run.run_id}"))
+    report = out_dir / REPORT_FILE
+    _write(report, html)
+    return report
+
+
+def render_run(store, run_id: str, out_dir: Path, baseline: Optional[str] = None, **kwargs: Any) -> Path:
+    """Render the report of ``run_id`` from the store; returns the path of ``report.html``."""
+    return render_report(load_report_data(store, run_id, baseline=baseline), out_dir, **kwargs)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,427 @@
+"""Comparison tables built from ``ReportData``: one model rendered three ways (HTML, CSV, Markdown).
+
+A ``ComparisonTable`` has one row per variant of one device; every ``Cell`` carries its raw value (SI
+units, for CSV), its display text, the budget verdict (pass / fail / none) with the budget shown, and the
+ratio against ``original`` on the same device. Status is never colour only: cells carry ✓ / ✗ too.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple
+
+from reports.model import (
+    HEADLINE_CLASS,
+    LENGTH_CLASSES,
+    METRICS,
+    REFERENCE_VARIANT,
+    ReportData,
+    VariantResult,
+)
+
+PASS_MARK = "✓"
+FAIL_MARK = "✗"
+
+# The seed article's method table ("多方案对比分析") and budgets: what stakeholders compare against.
+# size_change / speed_change are the article's relative claims (-0.40 = "↓ 40 %", +1.30 = "↑ 130 %").
+ARTICLE_SOURCE = "Sambert模型剪枝压缩:在边缘设备上运行的可能性 (2026-01-09)"
+ARTICLE_METHODS: Tuple[Tuple[str, str, float, float, str], ...] = (
+    # (variant, article's method name, size change, speed change, article's quality impact)
+    ("unstructured", "非结构化剪枝 (unstructured pruning)", -0.40, 0.15, "small"),
+    ("pruned", "结构化剪枝 (structured pruning)", -0.60, 1.30, "medium"),
+    ("quantized", "动态量化 (dynamic int8)", -0.65, 2.00, "small"),
+    ("distilled", "知识蒸馏 (distillation)", -0.50, 1.80, "small"),
+    ("pruned+quantized", "剪枝+量化 (pruned + int8)", -0.70, 2.20, "acceptable"),
+)
+ARTICLE_BUDGETS: Tuple[Tuple[str, str], ...] = (
+    ("Model size", "≤ 100 MB (torch.save state_dict)"),
+    ("Latency, short sentence", "≤ 800 ms"),
+    ("Peak memory", "≤ 512 MB RSS"),
+    ("Quality", "MOS ≥ 3.8"),
+    ("Emotion", "identifiability > 90 %"),
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# Formatting (one place; SI in, text out)
+# ------------------------------------------------------------------------------------------------
+
+
+def fmt_seconds(v: Optional[float]) -> str:
+    if v is None:
+        return "—"
+    if v < 1.0:
+        ms = v * 1000.0
+        return f"{ms:.2f} ms" if ms < 10 else (f"{ms:.1f} ms" if ms < 100 else f"{ms:.0f} ms")
+    return f"{v:.2f} s"
+
+
+def fmt_bytes(v: Optional[float]) -> str:
+    if v is None:
+        return "—"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if v >= scale:
+            x = v / scale
+            return f"{x:.2f} {unit}" if x < 10 else (f"{x:.1f} {unit}" if x < 100 else f"{x:.0f} {unit}")
+    return f"{v:.0f} B"
+
+
+def fmt_count(v: Optional[float]) -> str:
+    if v is None:
+        return "—"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if v >= scale:
+            x = v / scale
+            return f"{x:.2f} {unit}" if x < 10 else f"{x:.1f} {unit}"
+    return f"{v:.0f}"
+
+
+def fmt_ratio_pct(v: Optional[float]) -> str:
+    return "—" if v is None else f"{v * 100:.1f} %"
+
+
+def fmt_plain(v: Optional[float], digits: int = 2) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+FORMATTERS: Mapping[str, Callable[[Optional[float]], str]] = {
+    "s": fmt_seconds,
+    "bytes": fmt_bytes,
+    "count": fmt_count,
+    "ratio": fmt_ratio_pct,
+    "dB": lambda v: "—" if v is None else f"{v:.2f} dB",
+    "score": lambda v: fmt_plain(v, 2),
+}
+
+
+def fmt_metric(metric: str, v: Optional[float]) -> str:
+    if metric == "rtf":
+        return fmt_plain(v, 3)
+    return FORMATTERS[METRICS[metric].unit](v)
+
+
+def fmt_limit(metric: str, limit: float) -> str:
+    op = "≤" if METRICS[metric].lower_is_better else "≥"
+    return f"{op} {fmt_metric(metric, limit)}"
+
+
+# ------------------------------------------------------------------------------------------------
+# The comparison table
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str  # CSV header (unit-suffixed, SI)
+    label: str  # HTML / Markdown header
+    group: str  # the spanning header above it
+    metric: str  # a METRICS key
+    length_class: Optional[str] = None
+    ratio: Optional[str] = None  # "speedup" | "pct": how the note compares against original
+
+
+@dataclass(frozen=True)
+class Cell:
+    value: Optional[float]
+    text: str
+    status: Optional[str] = None  # "pass" | "fail" | None (no budget)
+    budget: Optional[str] = None  # "≤ 800 ms"
+    note: Optional[str] = None  # ratio vs original, or n
+    ratio: Optional[float] = None  # the note's number (speed-up x or fraction of original)
+
+    @property
+    def mark(self) -> str:
+        return {"pass": PASS_MARK, "fail": FAIL_MARK}.get(self.status or "", "")
+
+
+@dataclass(frozen=True)
+class TableRow:
+    variant: str
+    status: str
+    error: Optional[str]
+    cells: Tuple[Cell, ...]
+    throttled: bool = False
+    hot: bool = False
+
+    @property
+    def failed_budgets(self) -> int:
+        return sum(1 for c in self.cells if c.status == "fail")
+
+
+@dataclass(frozen=True)
+class ComparisonTable:
+    device: str
+    columns: Tuple[Column, ...]
+    rows: Tuple[TableRow, ...]
+
+    @property
+    def groups(self) -> Tuple[Tuple[str, int], ...]:
+        """(group label, column span) in order, for the two-level header."""
+        out: list = []
+        for c in self.columns:
+            if out and out[-1][0] == c.group:
+                out[-1][1] += 1
+            else:
+                out.append([c.group, 1])
+        return tuple((g, n) for g, n in out)
+
+
+def comparison_columns(length_classes: Sequence[str] = LENGTH_CLASSES) -> Tuple[Column, ...]:
+    cols = [
+        Column("size_acoustic_bytes", "acoustic", "Size", "size_acoustic_bytes"),
+        Column("size_vocoder_bytes", "vocoder", "Size", "size_vocoder_bytes"),
+        Column("size_total_bytes", "total", "Size", "size_bytes", ratio="pct"),
+        Column("params", "total", "Params", "params", ratio="pct"),
+    ]
+    for lc in length_classes:
+        cols.append(Column(f"latency_{lc}_p50_s", "p50", f"Latency · {lc}", "latency_p50_s", lc))
+        cols.append(
+            Column(f"latency_{lc}_p90_s", "p90", f"Latency · {lc}", "latency_p90_s", lc, ratio="speedup")
+        )
+    cols += [
+        Column("rtf", "RTF", "Runtime", "rtf", ratio="speedup"),
+        Column("first_inference_s", "first inf.", "Runtime", "first_inference_s"),
+        Column("load_s", "load", "Runtime", "load_s"),
+        Column("peak_rss_bytes", "peak RSS", "Memory", "peak_rss_bytes", ratio="pct"),
+        Column("mcd_db", "mel dist.", "Quality", "mcd_db"),
+        Column("emotion_id_accuracy", "emotion ID", "Quality", "emotion_id_accuracy"),
+        Column("mos", "MOS", "Quality", "mos"),
+    ]
+    return tuple(cols)
+
+
+def _ratio(
+    col: Column, value: Optional[float], ref: Optional[float]
+) -> Tuple[Optional[float], Optional[str]]:
+    if col.ratio is None or value is None or ref is None or value <= 0 or ref <= 0:
+        return None, None
+    if col.ratio == "speedup":
+        x = ref / value
+        return x, f"{x:.2f}×"
+    x = value / ref
+    return x, f"{x * 100:.0f} %"
+
+
+def _cell(data: ReportData, r: VariantResult, col: Column, ref: Optional[VariantResult]) -> Cell:
+    value = r.value(col.metric, col.length_class) if r.ok or r.latency or r.sizes else None
+    text = fmt_metric(col.metric, value)
+    check = data.verdict.check(r.device, r.variant, col.metric, col.length_class)
+    status = budget = None
+    if check is not None:
+        status = "pass" if check.passed else "fail"
+        budget = fmt_limit(col.metric, check.limit)
+    ratio = note = None
+    if ref is not None and ref.variant != r.variant:
+        ratio, note = _ratio(col, value, ref.value(col.metric, col.length_class))
+    if col.metric == "latency_p50_s" and col.length_class in r.latency:
+        note = f"n = {r.latency[col.length_class].n}"
+    if col.metric == "mos" and r.mos_n:
+        note = f"{r.mos_n} listeners"
+    return Cell(value=value, text=text, status=status, budget=budget, note=note, ratio=ratio)
+
+
+def comparison_table(data: ReportData, device: str) -> ComparisonTable:
+    results = data.results_for(device)
+    present = [lc for lc in LENGTH_CLASSES if any(lc in r.latency for r in results)] or [HEADLINE_CLASS]
+    columns = comparison_columns(present)
+    ref = data.result(device, REFERENCE_VARIANT)
+    ref = ref if ref is not None and ref.ok else None
+    rows = tuple(
+        TableRow(
+            variant=r.variant,
+            status=r.status,
+            error=r.error,
+            throttled=r.throttled,
+            hot=r.hot,
+            cells=tuple(_cell(data, r, c, ref) for c in columns),
+        )
+        for r in results
+    )
+    return ComparisonTable(device=device, columns=columns, rows=rows)
+
+
+def comparison_tables(data: ReportData) -> Tuple[ComparisonTable, ...]:
+    return tuple(comparison_table(data, d) for d in data.device_names if data.results_for(d))
+
+
+# ------------------------------------------------------------------------------------------------
+# Cross-device matrix of the headline metric (short-sentence p90)
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Matrix:
+    metric: str
+    length_class: str
+    devices: Tuple[str, ...]
+    rows: Tuple[Tuple[str, Tuple[Cell, ...]], ...]  # (variant, one cell per device)
+
+
+def headline_matrix(
+    data: ReportData, metric: str = "latency_p90_s", length_class: str = HEADLINE_CLASS
+) -> Matrix:
+    devices = tuple(d for d in data.device_names if data.results_for(d))
+    col = Column(f"latency_{length_class}_p90_s", "p90", "", metric, length_class, ratio="speedup")
+    rows = []
+    for variant in data.variant_names:
+        cells = []
+        for device in devices:
+            r = data.result(device, variant)
+            if r is None:
+                cells.append(Cell(value=None, text="not run"))
+                continue
+            ref = data.result(device, REFERENCE_VARIANT)
+            cell = _cell(data, r, col, ref if ref is not None and ref.ok else None)
+            if not r.ok and cell.value is None:
+                cell = Cell(value=None, text=r.status, status="fail")
+            cells.append(cell)
+        rows.append((variant, tuple(cells)))
+    return Matrix(metric=metric, length_class=length_class, devices=devices, rows=tuple(rows))
+
+
+# ------------------------------------------------------------------------------------------------
+# Measured vs the article's claims
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimRow:
+    variant: str
+    method: str
+    device: str
+    claimed_size: str
+    measured_size: str
+    claimed_speed: str
+    measured_speed: str
+    quality: str
+    size_met: Optional[bool]
+    speed_met: Optional[bool]
+
+
+def _change(x: Optional[float]) -> str:
+    if x is None:
+        return "—"
+    arrow = "↓" if x < 0 else "↑"
+    return f"{arrow} {abs(x) * 100:.0f} %"
+
+
+def article_claims(data: ReportData) -> Tuple[ClaimRow, ...]:
+    """The article's method table next to what this run measured (size and short-p90 speed vs original)."""
+    out = []
+    for device in data.device_names:
+        ref = data.result(device, REFERENCE_VARIANT)
+        if ref is None or not ref.ok:
+            continue
+        for variant, method, size_claim, speed_claim, quality in ARTICLE_METHODS:
+            r = data.result(device, variant)
+            if r is None:
+                continue
+            size_change = speed_change = None
+            if r.size_bytes and ref.size_bytes:
+                size_change = r.size_bytes / ref.size_bytes - 1.0
+            rp, op = r.value("latency_p90_s"), ref.value("latency_p90_s")
+            if rp and op:
+                speed_change = op / rp - 1.0
+            out.append(
+                ClaimRow(
+                    variant=variant,
+                    method=method,
+                    device=device,
+                    claimed_size=_change(size_claim),
+                    measured_size=_change(size_change),
+                    claimed_speed=_change(speed_claim),
+                    measured_speed=_change(speed_change),
+                    quality=quality,
+                    size_met=None if size_change is None else size_change <= size_claim,
+                    speed_met=None if speed_change is None else speed_change >= speed_claim,
+                )
+            )
+    return tuple(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# Exports
+# ------------------------------------------------------------------------------------------------
+
+
+def _csv_number(v: Optional[float]) -> str:
+    if v is None:
+        return ""
+    return repr(int(v)) if float(v).is_integer() else f"{v:.6g}"
+
+
+def to_csv(tables: Iterable[ComparisonTable]) -> str:
+    """All devices in one CSV: raw SI numbers, ratios against original, and the failed budgets."""
+    tables = list(tables)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    if not tables:
+        writer.writerow(["device", "variant", "status"])
+        return buf.getvalue()
+    # Columns can differ between devices (length classes measured); take the union in order.
+    columns: list = []
+    for t in tables:
+        for c in t.columns:
+            if c.key not in [x.key for x in columns]:
+                columns.append(c)
+    header = ["device", "variant", "status"]
+    for c in columns:
+        header.append(c.key)
+        if c.ratio == "speedup":
+            header.append(f"{c.key}_speedup_x")
+        elif c.ratio == "pct":
+            header.append(f"{c.key}_fraction_of_original")
+    header += ["budget_failures", "throttled", "hot", "error"]
+    writer.writerow(header)
+    for t in tables:
+        index = {c.key: i for i, c in enumerate(t.columns)}
+        for row in t.rows:
+            line = [t.device, row.variant, row.status]
+            failures = []
+            for c in columns:
+                cell = row.cells[index[c.key]] if c.key in index else None
+                line.append(_csv_number(cell.value) if cell else "")
+                if c.ratio is not None:
+                    line.append(_csv_number(cell.ratio) if cell and cell.ratio is not None else "")
+                if cell is not None and cell.status == "fail":
+                    failures.append(f"{c.key} {cell.budget}")
+            line += ["; ".join(failures), str(row.throttled).lower(), str(row.hot).lower(), row.error or ""]
+            writer.writerow(line)
+    return buf.getvalue()
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(tables: Iterable[ComparisonTable], title: Optional[str] = None) -> str:
+    """One Markdown table per device; every checked cell shows ✓/✗ and its budget."""
+    lines = []
+    if title:
+        lines += [f"# {_md_escape(title)}", ""]
+    for t in tables:
+        lines += [f"## {_md_escape(t.device)}", ""]
+        header = ["variant"] + [f"{c.group} {c.label}" for c in t.columns]
+        lines.append("| " + " | ".join(_md_escape(h) for h in header) + " |")
+        lines.append("|" + "---|" + "---:|" * len(t.columns))
+        for row in t.rows:
+            name = row.variant if row.status == "ok" else f"{row.variant} ({row.status})"
+            if row.throttled or row.hot:
+                name += " ⚠"
+            parts = [name]
+            for cell in row.cells:
+                text = cell.text
+                if cell.mark:
+                    text = f"{cell.mark} {text} ({cell.budget})"
+                if cell.note:
+                    text += f" · {cell.note}"
+                parts.append(text)
+            lines.append("| " + " | ".join(_md_escape(p) for p in parts) + " |")
+        lines.append("")
+    lines.append(
+        "✓ budget met · ✗ budget failed · × (speed-up) and % are against `original` on the same device · "
+        "⚠ throttled or hot"
+    )
+    return "\n".join(lines) + "\n"
