@@ -1,0 +1,311 @@
+"""Pruning steps: structured (whole heads and FFN channels, tensors really shrink) and unstructured (L1).
+
+Structured pruning works on the module names the reference Sambert keeps stable (see contracts.md):
+``encoder.layers[i].attn`` / ``.ffn`` and ``decoder.layers[i].self_attn`` / ``.cross_attn`` / ``.ffn``.
+One head is sliced consistently from every projection that carries it: the fused ``qkv`` rows (in each of
+the q, k and v blocks), the cross-attention ``q`` rows and ``kv`` rows (k and v blocks) and the ``out``
+projection's input columns. An FFN channel is a row of ``w1`` (Conv1d or Linear) with its bias and a
+column of ``w2``. The pruned model is rebuilt from its new per-layer config (``enc_heads``, ``enc_ffn``,
+``dec_heads``, ``dec_ffn``) and loaded with ``strict=True``, so the config alone rebuilds the artifact.
+
+Importance: ``activation`` (default) runs a few calibration sentences and scores a head by the mean L2
+norm of its context vectors (the input of ``out``) times the norm of its ``out`` columns, and an FFN channel
+by its mean |ReLU activation| times the norm of its ``w2`` column; ``weight_norm`` uses the norms of the
+weights that carry the head/channel only. Embeddings (linguistic, emotion, speaker), positional encodings,
+the variance adaptor and the post-net are never pruned; ``protect`` keeps named layers whole (by default
+the first encoder attention layer, as the seed article recommends).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Mapping, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from variants.errors import RecipeError
+from variants.recipes import n_removed, plan_prune
+
+ATTN_KINDS = {"attn": "self", "self_attn": "self", "cross_attn": "cross"}
+#: Projection names unstructured pruning sparsifies (attention and FFN weights).
+UNSTRUCTURED_TARGETS = ("qkv", "q", "kv", "out", "w1", "w2")
+
+
+@dataclass(frozen=True)
+class Prunable:
+    path: str  # e.g. "encoder.layers.3.attn"
+    side: str  # "enc" | "dec"
+    layer: int
+    kind: str  # "self" | "cross" | "ffn"
+
+
+def prunable_modules(acoustic: nn.Module) -> List[Prunable]:
+    """The attention and FFN modules structured pruning acts on, in model order."""
+    out = []
+    for side, stack in (("enc", "encoder"), ("dec", "decoder")):
+        layers = getattr(getattr(acoustic, stack, None), "layers", None)
+        if layers is None:
+            raise RecipeError(
+                f"structured pruning needs acoustic.{stack}.layers (the reference Sambert structure)"
+            )
+        for i, layer in enumerate(layers):
+            for name in ("attn", "self_attn", "cross_attn", "ffn"):
+                if hasattr(layer, name):
+                    out.append(Prunable(f"{stack}.layers.{i}.{name}", side, i, ATTN_KINDS.get(name, "ffn")))
+    return out
+
+
+def _get(module: nn.Module, path: str) -> nn.Module:
+    for part in path.split("."):
+        module = getattr(module, part) if not part.isdigit() else module[int(part)]
+    return module
+
+
+# ------------------------------------------------------------------------------------ importance
+
+
+def _head_weight_norms(attn: nn.Module, kind: str) -> torch.Tensor:
+    h, dh = attn.n_heads, attn.d_head
+    out_cols = attn.out.weight.detach().reshape(attn.out.weight.shape[0], h, dh)  # [d_out, h, dh]
+    score = out_cols.pow(2).sum(dim=(0, 2))
+    if kind == "self":
+        rows = attn.qkv.weight.detach().reshape(3, h, dh, -1)
+        score = score + rows.pow(2).sum(dim=(0, 2, 3))
+    else:
+        score = score + attn.q.weight.detach().reshape(h, dh, -1).pow(2).sum(dim=(1, 2))
+        score = score + attn.kv.weight.detach().reshape(2, h, dh, -1).pow(2).sum(dim=(0, 2, 3))
+    return score.sqrt()
+
+
+def _ffn_weight_norms(ffn: nn.Module) -> torch.Tensor:
+    w1 = ffn.w1.weight.detach()
+    rows = w1.reshape(w1.shape[0], -1).pow(2).sum(dim=1)
+    cols = ffn.w2.weight.detach().pow(2).sum(dim=0)
+    return (rows * cols).sqrt()
+
+
+class _ActivationStats:
+    """Forward pre-hooks on ``out`` (attention) and ``w2`` (FFN) accumulating per-head / per-channel norms."""
+
+    def __init__(self, acoustic: nn.Module, targets: Sequence[Prunable]) -> None:
+        self.sums: Dict[str, torch.Tensor] = {}
+        self.counts: Dict[str, int] = {}
+        self.handles = []
+        for t in targets:
+            mod = _get(acoustic, t.path)
+            if t.kind == "ffn":
+                self.handles.append(mod.w2.register_forward_pre_hook(self._ffn_hook(t.path)))
+            else:
+                self.handles.append(mod.out.register_forward_pre_hook(self._head_hook(t.path, mod)))
+
+    def _add(self, key: str, value: torch.Tensor, n: int) -> None:
+        self.sums[key] = self.sums[key] + value if key in self.sums else value
+        self.counts[key] = self.counts.get(key, 0) + n
+
+    def _head_hook(self, key: str, attn: nn.Module):
+        def hook(_mod, inputs):
+            x = inputs[0].detach()
+            x = x.reshape(-1, attn.n_heads, attn.d_head)
+            self._add(key, x.norm(dim=-1).sum(dim=0), x.shape[0])
+        return hook
+
+    def _ffn_hook(self, key: str):
+        def hook(_mod, inputs):
+            x = inputs[0].detach()
+            x = x.reshape(-1, x.shape[-1])
+            self._add(key, x.abs().sum(dim=0), x.shape[0])
+        return hook
+
+    def mean(self, key: str) -> torch.Tensor | None:
+        if key not in self.sums:
+            return None
+        return self.sums[key] / max(1, self.counts[key])
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def importance_scores(
+    acoustic: nn.Module,
+    targets: Sequence[Prunable],
+    method: str = "activation",
+    calibration: Sequence[Mapping[str, torch.Tensor]] = (),
+) -> Dict[str, torch.Tensor]:
+    """Score every head (attention modules) or channel (FFN modules) of ``targets``; higher = keep."""
+    weight_scores = {}
+    for t in targets:
+        mod = _get(acoustic, t.path)
+        if t.kind == "ffn":
+            weight_scores[t.path] = _ffn_weight_norms(mod)
+        else:
+            out_cols = mod.out.weight.detach().reshape(mod.out.weight.shape[0], mod.n_heads, mod.d_head)
+            weight_scores[t.path] = (
+                _head_weight_norms(mod, t.kind) if method == "weight_norm" else out_cols.norm(dim=(0, 2))
+            )
+    if method == "weight_norm":
+        return weight_scores
+    if not calibration:
+        raise RecipeError("step 'prune': importance='activation' needs calibration sentences")
+    stats = _ActivationStats(acoustic, targets)
+    try:
+        with torch.inference_mode():
+            for inputs in calibration:
+                acoustic(**inputs)
+    finally:
+        stats.close()
+    scores = {}
+    for t in targets:
+        act = stats.mean(t.path)
+        if act is None:  # never ran (e.g. a branch unused at inference): fall back to weights
+            scores[t.path] = _head_weight_norms(_get(acoustic, t.path), t.kind) if t.kind != "ffn" \
+                else _ffn_weight_norms(_get(acoustic, t.path))
+        elif t.kind == "ffn":
+            scores[t.path] = act * _get(acoustic, t.path).w2.weight.detach().norm(dim=0)
+        else:
+            scores[t.path] = act * weight_scores[t.path]
+    return scores
+
+
+# ------------------------------------------------------------------------------------ slicing
+
+
+def _head_index(keep: Sequence[int], d_head: int, n_heads: int, blocks: int) -> torch.Tensor:
+    idx = [b * n_heads * d_head + k * d_head + j for b in range(blocks) for k in keep for j in range(d_head)]
+    return torch.tensor(idx, dtype=torch.long)
+
+
+def _keep_top(scores: torch.Tensor, n_keep: int) -> List[int]:
+    # stable: ties keep the lower index
+    order = sorted(range(scores.numel()), key=lambda i: (-float(scores[i]), i))
+    return sorted(order[:n_keep])
+
+
+def slice_state_dict(
+    state: Dict[str, torch.Tensor],
+    acoustic: nn.Module,
+    keep: Mapping[str, Sequence[int]],
+    targets: Sequence[Prunable],
+) -> Dict[str, torch.Tensor]:
+    """Return a new state dict with the kept heads/channels of every target."""
+    out = dict(state)
+    for t in targets:
+        if t.path not in keep:
+            continue
+        mod = _get(acoustic, t.path)
+        k = list(keep[t.path])
+        p = t.path + "."
+        if t.kind == "ffn":
+            idx = torch.tensor(k, dtype=torch.long)
+            out[p + "w1.weight"] = state[p + "w1.weight"].index_select(0, idx).clone()
+            if p + "w1.bias" in state:
+                out[p + "w1.bias"] = state[p + "w1.bias"].index_select(0, idx).clone()
+            out[p + "w2.weight"] = state[p + "w2.weight"].index_select(1, idx).clone()
+            continue
+        h, dh = mod.n_heads, mod.d_head
+        if t.kind == "self":
+            rows = _head_index(k, dh, h, 3)
+            out[p + "qkv.weight"] = state[p + "qkv.weight"].index_select(0, rows).clone()
+            if p + "qkv.bias" in state:
+                out[p + "qkv.bias"] = state[p + "qkv.bias"].index_select(0, rows).clone()
+        else:
+            q_rows, kv_rows = _head_index(k, dh, h, 1), _head_index(k, dh, h, 2)
+            out[p + "q.weight"] = state[p + "q.weight"].index_select(0, q_rows).clone()
+            out[p + "kv.weight"] = state[p + "kv.weight"].index_select(0, kv_rows).clone()
+            if p + "q.bias" in state:
+                out[p + "q.bias"] = state[p + "q.bias"].index_select(0, q_rows).clone()
+            if p + "kv.bias" in state:
+                out[p + "kv.bias"] = state[p + "kv.bias"].index_select(0, kv_rows).clone()
+        out[p + "out.weight"] = state[p + "out.weight"].index_select(1, _head_index(k, dh, h, 1)).clone()
+    return out
+
+
+def encoder_decoder_params(acoustic: nn.Module) -> int:
+    """Parameters in the encoder and decoder layer stacks (what the article's ratio refers to)."""
+    total = 0
+    for stack in ("encoder", "decoder"):
+        layers = getattr(getattr(acoustic, stack, None), "layers", None)
+        if layers is not None:
+            total += sum(p.numel() for p in layers.parameters())
+    return total
+
+
+def structured_prune(
+    acoustic: nn.Module,
+    model_config: Mapping,
+    args: Mapping,
+    build_acoustic: Callable[[Dict], nn.Module],
+    calibration: Sequence[Mapping[str, torch.Tensor]] = (),
+) -> Tuple[nn.Module, Dict, Dict]:
+    """Prune heads and FFN channels of ``acoustic`` (left untouched).
+
+    ``model_config`` is the ModelConfig dict of ``acoustic``; ``build_acoustic(config_dict)`` builds a fresh
+    acoustic model for a config dict. Returns ``(pruned, new_config_dict, report)`` where ``report`` has the
+    kept indices per module and the encoder/decoder parameter counts before and after.
+    """
+    plan = plan_prune(model_config, args)  # RecipeError before any work
+    targets = prunable_modules(acoustic)
+    protect = set(args["protect"])
+    # Cross-attention follows the layer's dec_heads: protecting either attention of a decoder layer
+    # keeps both.
+    active = []
+    for t in targets:
+        prefix = t.path.rsplit(".", 1)[0]
+        if t.kind == "ffn":
+            if t.path not in protect:
+                active.append(t)
+        elif not any(f"{prefix}.{a}" in protect for a in ("attn", "self_attn", "cross_attn")):
+            active.append(t)
+    scores = importance_scores(acoustic, active, args["importance"], calibration)
+    keep: Dict[str, List[int]] = {}
+    for t in active:
+        mod = _get(acoustic, t.path)
+        if t.kind == "ffn":
+            total = mod.w2.weight.shape[1]
+            n_keep = plan[f"{t.side}_ffn"][t.layer]
+            if n_keep != total - n_removed(total, args["ffn"]):  # config and module disagree
+                raise RecipeError(f"step 'prune': {t.path} has {total} channels, the config disagrees")
+        else:
+            total = mod.n_heads
+            n_keep = plan[f"{t.side}_heads"][t.layer]
+        keep[t.path] = _keep_top(scores[t.path], n_keep)
+    new_config = copy.deepcopy(dict(model_config))
+    new_config["acoustic"] = {**new_config["acoustic"], **plan}
+    pruned = build_acoustic(new_config)
+    state = slice_state_dict(acoustic.state_dict(), acoustic, keep, active)
+    pruned.load_state_dict(state, strict=True)
+    pruned.eval()
+    report = {
+        "kept": {k: v for k, v in keep.items()},
+        "encoder_decoder_params": {
+            "before": encoder_decoder_params(acoustic),
+            "after": encoder_decoder_params(pruned),
+        },
+    }
+    return pruned, new_config, report
+
+
+def unstructured_prune(acoustic: nn.Module, amount: float) -> Tuple[nn.Module, Dict]:
+    """L1 unstructured pruning of every attention/FFN projection weight; masks folded in (``prune.remove``).
+
+    The tensors keep their shape (zeros are stored), so the size on disk does not change: the point of
+    the seed article's table row. Returns ``(pruned copy, report)``.
+    """
+    from torch.nn.utils import prune as tprune
+
+    model = copy.deepcopy(acoustic)
+    zeroed = total = 0
+    for t in prunable_modules(model):
+        mod = _get(model, t.path)
+        for name in UNSTRUCTURED_TARGETS:
+            sub = getattr(mod, name, None)
+            if sub is None or not hasattr(sub, "weight"):
+                continue
+            tprune.l1_unstructured(sub, name="weight", amount=amount)
+            tprune.remove(sub, "weight")
+            zeroed += int((sub.weight == 0).sum())
+            total += sub.weight.numel()
+    model.eval()
+    return model, {"zeroed": zeroed, "of": total, "sparsity": zeroed / max(1, total)}
