@@ -1,0 +1,133 @@
+"""devices.toml validation, selection, the built-in local device and `edgebench devices list|add`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from devices.errors import InventoryError
+from devices.inventory import LOCAL, load_inventory
+from harness.cli import main
+
+GOOD = """
+[devices.pi4-1]
+host = "192.168.1.40"
+user = "pi"
+key_file = "~/.ssh/edgebench"
+tags = ["pi4", "arm64"]
+threads = 4
+
+[devices.pi4-2]
+host = "192.168.1.41"
+port = 2222
+user = "pi"
+key_file = "~/.ssh/edgebench"
+python = "/opt/py38/bin/python3"
+tags = ["pi4"]
+budget_class = "pi4"
+connect_timeout = 3.5
+
+[devices.jetson]
+host = "jetson.lan"
+user = "nvidia"
+key_file = "~/.ssh/edgebench"
+tags = ["arm64"]
+
+[devices.local]
+cpus = 1
+threads = 1
+tags = ["ci"]
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "devices.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_local_device(tmp_path):
+    inv = load_inventory(write(tmp_path, GOOD))
+    assert inv.names[0] == LOCAL
+    pi = inv.get("pi4-1")
+    assert (pi.port, pi.python, pi.work_dir, pi.connect_timeout) == (22, "python3", "~/.edgebench", 10.0)
+    assert pi.tags == ("pi4", "arm64") and pi.threads == 4 and not pi.is_local
+    pi2 = inv.get("pi4-2")
+    assert (pi2.port, pi2.python, pi2.budget_class, pi2.connect_timeout) == (2222, "/opt/py38/bin/python3",
+                                                                             "pi4", 3.5)
+    local = inv.get(LOCAL)
+    assert local.is_local and local.cpus == 1 and local.tags == ("ci",) and local.python == sys.executable
+
+
+def test_no_inventory_still_has_local():
+    inv = load_inventory(None)
+    assert inv.names == [LOCAL]
+    assert inv.select(["local"])[0].is_local
+
+
+def test_selection_by_name_and_tag(tmp_path):
+    inv = load_inventory(write(tmp_path, GOOD))
+    assert [d.name for d in inv.select(["tag:pi4"])] == ["pi4-1", "pi4-2"]
+    assert [d.name for d in inv.select(["jetson", "tag:arm64", "local"])] == ["jetson", "pi4-1", "local"]
+    known = r"unknown device 'pi5'; known devices: local, pi4-1, pi4-2, jetson"
+    with pytest.raises(InventoryError, match=known):
+        inv.select(["pi5"])
+    with pytest.raises(InventoryError, match="no device has tag 'x86'"):
+        inv.select(["tag:x86"])
+
+
+@pytest.mark.parametrize("body, message", [
+    ('port = "22x"', 'devices.toml: devices.pi4-1.port: expected an integer 1-65535, got "22x"'),
+    ("port = 0", "devices.pi4-1.port: expected an integer 1-65535, got 0"),
+    ("threads = 0", "devices.pi4-1.threads: expected an integer >= 1"),
+    ("tags = \"pi4\"", "devices.pi4-1.tags: expected a list of words"),
+    ("connect_timeout = -1", "devices.pi4-1.connect_timeout: expected seconds"),
+    ("colour = \"red\"", "devices.pi4-1.colour: unknown key"),
+    ("password = \"x\"", "devices.pi4-1.password: unknown key"),
+])
+def test_bad_values_name_file_and_key(tmp_path, body, message):
+    text = f'[devices.pi4-1]\nhost = "h"\nuser = "pi"\nkey_file = "k"\n{body}\n'
+    with pytest.raises(InventoryError) as err:
+        load_inventory(write(tmp_path, text))
+    assert message in str(err.value)
+    assert str(tmp_path / "devices.toml") in str(err.value)
+
+
+def test_missing_required_and_local_restrictions(tmp_path):
+    with pytest.raises(InventoryError, match="devices.a.key_file: missing .*key authentication only"):
+        load_inventory(write(tmp_path, '[devices.a]\nhost = "h"\nuser = "u"\n'))
+    with pytest.raises(InventoryError, match="devices.local.host: unknown key .*this machine"):
+        load_inventory(write(tmp_path, '[devices.local]\nhost = "h"\n'))
+    with pytest.raises(InventoryError, match="devices.b.cpus: unknown key"):
+        load_inventory(write(tmp_path, '[devices.b]\nhost = "h"\nuser = "u"\nkey_file = "k"\ncpus = 2\n'))
+    with pytest.raises(InventoryError, match="invalid TOML"):
+        load_inventory(write(tmp_path, "[devices.a\n"))
+    with pytest.raises(InventoryError, match="no such file"):
+        load_inventory(tmp_path / "nope.toml")
+
+
+def test_cli_add_then_list(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["devices", "add", "pi", "--host", "10.0.0.9", "--user", "pi", "--key-file", "~/.ssh/k",
+                 "--port", "2200", "--tag", "pi4", "--tag", "lab"]) == 0
+    assert main(["devices", "add", "local", "--cpus", "1", "--tag", "ci"]) == 0
+    inv = load_inventory(tmp_path / "devices.toml")
+    assert inv.get("pi").port == 2200 and inv.get("pi").tags == ("pi4", "lab")
+    assert inv.get("local").cpus == 1
+    capsys.readouterr()
+    assert main(["devices", "list", "--json"]) == 0
+    listed = {d["name"]: d for d in json.loads(capsys.readouterr().out)}
+    assert listed["local"]["local"] is True and listed["pi"]["tags"] == ["pi4", "lab"]
+    # invalid entries are refused before anything is written; duplicates need --replace
+    before = (tmp_path / "devices.toml").read_text()
+    bad = ["devices", "add", "bad", "--host", "h", "--user", "u", "--key-file", "k", "--port", "0"]
+    assert main(bad) == 2
+    assert main(["devices", "add", "pi", "--host", "h", "--user", "u", "--key-file", "k"]) == 2
+    err = capsys.readouterr().err
+    assert "devices.bad.port: expected an integer 1-65535, got 0" in err and "already exists" in err
+    assert (tmp_path / "devices.toml").read_text() == before
+    assert main(["devices", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "this machine" in out and "pi@10.0.0.9:2200" in out and "pi4,lab" in out
