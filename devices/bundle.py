@@ -163,10 +163,17 @@ def build_bundle(state_dir: Path, extra_modules: Iterable = ()) -> Bundle:
                 return Bundle(path=path, sha256=entry["sha256"], size=entry["size"])
         except (ValueError, KeyError, TypeError, OSError):
             pass  # a damaged index entry: rebuild below
+    bundle = make_bundle(files, cache)
+    _write_atomic(index, json.dumps({"file": bundle.path.name, "sha256": bundle.sha256,
+                                     "size": bundle.size}).encode())
+    return bundle
+
+
+def make_bundle(files: dict, out_dir: Path) -> Bundle:
+    """Write the deterministic zip of ``files`` (archive name -> path) plus the launcher into ``out_dir``."""
     data = _zip_bytes(files)
     sha = hashlib.sha256(data).hexdigest()
-    path = cache / f"edgebench-agent-{sha[:12]}.zip"
+    path = Path(out_dir) / f"edgebench-agent-{sha[:12]}.zip"
     if not (path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == sha):
         _write_atomic(path, data)
-    _write_atomic(index, json.dumps({"file": path.name, "sha256": sha, "size": len(data)}).encode())
     return Bundle(path=path, sha256=sha, size=len(data))
