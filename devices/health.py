@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from devices.errors import DevicesError
+from devices.errors import DevicesError, HostKeyError
 from devices.inventory import Device
 from devices.transport import Transport, open_transport
 
@@ -144,7 +144,8 @@ def check(transport: Transport, device: Device, timeout: float = CHECK_TIMEOUT_S
     try:
         result = transport.run([device.python, "-c", HEALTH_SNIPPET, transport.work_dir], timeout=timeout)
     except DevicesError as exc:   # unreachable, untrusted host key, timeout: the device is ineligible
-        return Health(False, f"unreachable: {exc}", {}, device.name, (), time.monotonic() - start)
+        what = "host key" if isinstance(exc, HostKeyError) else "unreachable"
+        return Health(False, f"{what}: {exc}", {}, device.name, (), time.monotonic() - start)
     elapsed = time.monotonic() - start
     if result.exit_code != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
