@@ -1,0 +1,85 @@
+"""Controller side of one measurement: push, run the agent on the device, validate what it says.
+
+``measure_variant`` returns a validated record (status ok, or failed with the device's reason) and
+raises ``TransportError``/``AgentError`` when nothing could be measured (unreachable device, agent that
+printed no record) and ``RecordError`` when the device printed something that is not a valid record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from devices.bundle import Bundle, build_bundle
+from devices.errors import AgentError, DevicesError
+from devices.inventory import Device
+from devices.protocol import Protocol
+from devices.push import artifact_files, ensure_artifact, ensure_bundle
+from devices.record import parse_record
+from devices.transport import Transport
+
+#: Facts that identify a device (a different value = a different machine for comparisons).
+IDENTITY_FACTS = ("cpu_model", "cores", "mem_total_bytes", "os", "machine", "torch")
+#: MemTotal moves a little with kernel versions: the fingerprint uses it rounded to this many bytes.
+MEM_ROUND_BYTES = 128 * 2**20
+STDERR_TAIL_LINES = 5
+
+
+def effective_protocol(device: Device, protocol: Protocol) -> Protocol:
+    """The device's ``threads`` applies when the protocol leaves threads to the default."""
+    if protocol.threads is None and getattr(device, "threads", None):
+        return dataclasses.replace(protocol, threads=device.threads)
+    return protocol
+
+
+def agent_command(agent_argv: list, remote_artifact: str, variant: str, protocol: Protocol,
+                  work_dir: str) -> list:
+    """The argv of ``agent measure`` for one variant (each argument quoted by the transport)."""
+    return [*agent_argv, "measure", "--artifact", remote_artifact, "--variant", variant,
+            "--work-dir", work_dir, *protocol.agent_args()]
+
+
+def measure_variant(transport: Transport, device: Device, artifact_dir: Path, variant: str,
+                    protocol: Protocol, bundle: Bundle | None = None, state_dir: Path | None = None) -> dict:
+    """Measure one variant on one device; returns the validated record.
+
+    bundle: the agent bundle (built once per run by the caller); when None it is built (or taken from
+    the cache) in ``state_dir``.
+    """
+    if bundle is None:
+        if state_dir is None:
+            raise DevicesError("measure_variant: give the agent bundle or a state directory to build it in")
+        bundle = build_bundle(Path(state_dir))
+    protocol = effective_protocol(device, protocol)
+    content_hash, _ = artifact_files(Path(artifact_dir))
+    agent = ensure_bundle(transport, bundle)
+    artifact = ensure_artifact(transport, Path(artifact_dir))
+    argv = agent_command(agent.agent_argv, artifact.remote_path, variant, protocol, transport.work_dir)
+    result = transport.run(argv, timeout=protocol.transport_timeout())
+    if not result.stdout.strip():
+        tail = "\n".join(result.stderr.strip().splitlines()[-STDERR_TAIL_LINES:]) or "no output"
+        raise AgentError(
+            f"device {device.name!r}: the agent printed no record (exit {result.exit_code} after "
+            f"{result.duration_s:.1f}s): {tail}"
+        )
+    return parse_record(result.stdout, protocol=protocol, variant=variant, artifact=content_hash)
+
+
+def device_identity(device: Device | str, facts: dict) -> dict:
+    """Name, the identifying facts and a sha256 fingerprint (12 hex) over them.
+
+    Use the facts the agent reports (``record["facts_before"]``) so every attempt on a machine gets the
+    same fingerprint; the torch version is taken without its local suffix (``2.1.0+cpu`` -> ``2.1.0``).
+    """
+    name = device if isinstance(device, str) else device.name
+    ident: dict[str, Any] = {key: (facts or {}).get(key) for key in IDENTITY_FACTS}
+    if isinstance(ident["torch"], str):
+        ident["torch"] = ident["torch"].split("+")[0]
+    basis = dict(ident)
+    if isinstance(basis["mem_total_bytes"], int):
+        basis["mem_total_bytes"] = round(basis["mem_total_bytes"] / MEM_ROUND_BYTES) * MEM_ROUND_BYTES
+    digest = hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()
+    return {"name": name, "fingerprint": digest[:12], **ident}
