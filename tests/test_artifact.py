@@ -21,8 +21,10 @@ CFG = get_preset("tiny")
 
 def random_inputs(n_phones=17, emotion=2, seed=0):
     g = torch.Generator().manual_seed(seed)
-    ids = {k: torch.randint(0, hi, (1, n_phones), generator=g)
-           for k, hi in (("sy", 147), ("tone", 10), ("syllable_flag", 8), ("word_segment", 8))}
+    ids = {
+        k: torch.randint(0, hi, (1, n_phones), generator=g)
+        for k, hi in (("sy", 147), ("tone", 10), ("syllable_flag", 8), ("word_segment", 8))
+    }
     ids["emotion"] = torch.full((1, n_phones), emotion)
     ids["speaker"] = torch.zeros(1, n_phones, dtype=torch.long)
     return ids
@@ -44,9 +46,15 @@ def models():
 def saved(tmp_path, models):
     acoustic, vocoder = models
     qa, qv, transform = quantize(acoustic, vocoder, BUILTIN_VARIANTS["quantized"].steps[0].args)
-    a = art.save_artifact(tmp_path / "quantized", qa, qv, CFG.to_dict(), [transform],
-                          {"name": "quantized", "recipe": BUILTIN_VARIANTS["quantized"].to_list()},
-                          samples={"happy": b"RIFF....", "sad": b"RIFF...."})
+    a = art.save_artifact(
+        tmp_path / "quantized",
+        qa,
+        qv,
+        CFG.to_dict(),
+        [transform],
+        {"name": "quantized", "recipe": BUILTIN_VARIANTS["quantized"].to_list()},
+        samples={"happy": b"RIFF....", "sad": b"RIFF...."},
+    )
     return a, qa, qv
 
 
@@ -65,8 +73,9 @@ def test_layout_and_manifest(saved):
     assert m["torch_version"] == torch.__version__
     cfg = json.loads((a.path / "config.json").read_text())
     assert cfg["model"] == {"factory": "variants.models:reference", "config": CFG.to_dict()}
-    assert cfg["transforms"] == [{"op": "quantize_dynamic", "component": "acoustic", "dtype": "qint8",
-                                  "modules": ["Linear", "LSTM"]}]
+    assert cfg["transforms"] == [
+        {"op": "quantize_dynamic", "component": "acoustic", "dtype": "qint8", "modules": ["Linear", "LSTM"]}
+    ]
     assert not [p for p in a.path.parent.iterdir() if p.name.startswith(".")]  # no temporary dirs left
 
 
@@ -146,9 +155,25 @@ def test_missing_directory_and_unknown_component(tmp_path, saved):
 def test_artifact_module_stays_portable():
     """artifact.py travels to the device: stdlib + torch only, no 3.9+ syntax at runtime."""
     source = open(art.__file__, encoding="utf-8").read()
-    imports = {line.split()[1].split(".")[0] for line in source.splitlines()
-               if line.startswith(("import ", "from "))}
-    assert imports <= {"__future__", "datetime", "hashlib", "importlib", "io", "json", "os", "shutil",
-                       "tempfile", "warnings", "dataclasses", "pathlib", "typing", "torch", "variants"}
+    imports = {
+        line.split()[1].split(".")[0] for line in source.splitlines() if line.startswith(("import ", "from "))
+    }
+    assert imports <= {
+        "__future__",
+        "datetime",
+        "hashlib",
+        "importlib",
+        "io",
+        "json",
+        "os",
+        "shutil",
+        "tempfile",
+        "warnings",
+        "dataclasses",
+        "pathlib",
+        "typing",
+        "torch",
+        "variants",
+    }
     ast.parse(source, feature_version=(3, 8))  # no syntax newer than the device's Python 3.8
     assert ".removeprefix(" not in source and ".removesuffix(" not in source

@@ -19,8 +19,14 @@ BASE = get_preset("base").to_dict()
 
 
 def test_builtins_cover_the_article_table_and_round_trip():
-    assert set(BUILTIN_VARIANTS) == {"original", "pruned", "quantized", "pruned+quantized", "unstructured",
-                                     "distilled"}
+    assert set(BUILTIN_VARIANTS) == {
+        "original",
+        "pruned",
+        "quantized",
+        "pruned+quantized",
+        "unstructured",
+        "distilled",
+    }
     assert BUILTIN_VARIANTS["original"].steps == ()
     assert [s.op for s in BUILTIN_VARIANTS["pruned+quantized"].steps] == ["prune", "quantize"]
     for name, recipe in BUILTIN_VARIANTS.items():
@@ -32,15 +38,22 @@ def test_builtins_cover_the_article_table_and_round_trip():
 
 
 def test_user_recipe_fills_defaults_and_keeps_order():
-    r = parse_recipe({"steps": [{"step": "prune", "heads": 0.25}, {"step": "quantize"}], "description": "x"},
-                     "edgebench.toml: variants.small", name="small")
+    r = parse_recipe(
+        {"steps": [{"step": "prune", "heads": 0.25}, {"step": "quantize"}], "description": "x"},
+        "edgebench.toml: variants.small",
+        name="small",
+    )
     assert r.name == "small" and r.description == "x"
     prune, quant = r.steps
     assert prune.args["heads"] == 0.25 and prune.args["ffn"] == 0.6
     assert prune.args["importance"] == "activation"
     assert quant.args == {"dtype": "qint8", "modules": ("Linear", "LSTM"), "component": "acoustic"}
-    assert r.to_list()[1] == {"step": "quantize", "dtype": "qint8", "modules": ["Linear", "LSTM"],
-                              "component": "acoustic"}
+    assert r.to_list()[1] == {
+        "step": "quantize",
+        "dtype": "qint8",
+        "modules": ["Linear", "LSTM"],
+        "component": "acoustic",
+    }
 
 
 @pytest.mark.parametrize(
@@ -81,8 +94,10 @@ def test_pruning_every_head_of_a_layer_is_rejected_for_this_model():
         check_recipe(recipe, TINY, "cfg: variants.x")
     # protecting the layer is not enough while another layer would lose all heads
     with pytest.raises(RecipeError, match="every head"):
-        check_recipe(parse_recipe([{"step": "prune", "heads": 0.75, "protect": ["encoder.layers.1.attn"]}],
-                                  "s", "x"), TINY)
+        check_recipe(
+            parse_recipe([{"step": "prune", "heads": 0.75, "protect": ["encoder.layers.1.attn"]}], "s", "x"),
+            TINY,
+        )
 
 
 def test_prune_plan_and_protect():

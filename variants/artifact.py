@@ -272,8 +272,9 @@ def read_config(dir: Path) -> Dict[str, Any]:
     return _read_json(Path(dir) / "config.json")
 
 
-def verify_files(dir: Path, manifest: Optional[Mapping[str, Any]] = None,
-                 names: Sequence[str] = HASHED_FILES) -> None:
+def verify_files(
+    dir: Path, manifest: Optional[Mapping[str, Any]] = None, names: Sequence[str] = HASHED_FILES
+) -> None:
     """Check the sha256 of hashed files against the manifest; raise ArtifactError naming the bad file."""
     dir = Path(dir)
     manifest = manifest if manifest is not None else read_manifest(dir)
@@ -327,8 +328,12 @@ def build_structure(model: Mapping[str, Any], component: str, seed: int = 0) -> 
     return pair[COMPONENTS.index(component)]
 
 
-def quantize_module(module: torch.nn.Module, dtype: str = "qint8",
-                    modules: Sequence[str] = ("Linear", "LSTM"), inplace: bool = False) -> torch.nn.Module:
+def quantize_module(
+    module: torch.nn.Module,
+    dtype: str = "qint8",
+    modules: Sequence[str] = ("Linear", "LSTM"),
+    inplace: bool = False,
+) -> torch.nn.Module:
     """``torch.ao.quantization.quantize_dynamic`` (torch.quantization on old releases), warnings silenced."""
     try:
         qdyn = torch.ao.quantization.quantize_dynamic
@@ -341,8 +346,12 @@ def quantize_module(module: torch.nn.Module, dtype: str = "qint8",
     return out.eval()
 
 
-def apply_transforms(module: torch.nn.Module, transforms: Sequence[Mapping[str, Any]], component: str,
-                     where: str = "config.json") -> torch.nn.Module:
+def apply_transforms(
+    module: torch.nn.Module,
+    transforms: Sequence[Mapping[str, Any]],
+    component: str,
+    where: str = "config.json",
+) -> torch.nn.Module:
     """Re-apply the structural transforms recorded for ``component`` (before load_state_dict)."""
     for i, t in enumerate(transforms):
         if t.get("component") != component:

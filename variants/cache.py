@@ -35,8 +35,9 @@ def code_version() -> str:
     return h.hexdigest()[:16]
 
 
-def cache_key(model: Mapping[str, Any], recipe_steps: Sequence[Mapping[str, Any]], seed: int,
-              code: str | None = None) -> str:
+def cache_key(
+    model: Mapping[str, Any], recipe_steps: Sequence[Mapping[str, Any]], seed: int, code: str | None = None
+) -> str:
     """Key of one artifact: ``model`` is config.json's model section (factory + config)."""
     payload = {
         "v": CACHE_KEY_VERSION,

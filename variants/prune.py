@@ -109,6 +109,7 @@ class _ActivationStats:
             x = inputs[0].detach()
             x = x.reshape(-1, attn.n_heads, attn.d_head)
             self._add(key, x.norm(dim=-1).sum(dim=0), x.shape[0])
+
         return hook
 
     def _ffn_hook(self, key: str):
@@ -116,6 +117,7 @@ class _ActivationStats:
             x = inputs[0].detach()
             x = x.reshape(-1, x.shape[-1])
             self._add(key, x.abs().sum(dim=0), x.shape[0])
+
         return hook
 
     def mean(self, key: str) -> torch.Tensor | None:
@@ -160,8 +162,11 @@ def importance_scores(
     for t in targets:
         act = stats.mean(t.path)
         if act is None:  # never ran (e.g. a branch unused at inference): fall back to weights
-            scores[t.path] = _head_weight_norms(_get(acoustic, t.path), t.kind) if t.kind != "ffn" \
+            scores[t.path] = (
+                _head_weight_norms(_get(acoustic, t.path), t.kind)
+                if t.kind != "ffn"
                 else _ffn_weight_norms(_get(acoustic, t.path))
+            )
         elif t.kind == "ffn":
             scores[t.path] = act * _get(acoustic, t.path).w2.weight.detach().norm(dim=0)
         else:
@@ -177,10 +182,14 @@ def _head_index(keep: Sequence[int], d_head: int, n_heads: int, blocks: int) -> 
     return torch.tensor(idx, dtype=torch.long)
 
 
-def _keep_top(scores: torch.Tensor, n_keep: int) -> List[int]:
-    # stable: ties keep the lower index
-    order = sorted(range(scores.numel()), key=lambda i: (-float(scores[i]), i))
-    return sorted(order[:n_keep])
+def _keep_top(scores: torch.Tensor, n_keep: int, tiebreak: torch.Tensor | None = None) -> List[int]:
+    """Indices of the ``n_keep`` highest scores, in order; ties go to ``tiebreak`` then the lower index
+    (e.g. FFN channels that never fired on the calibration sentences are ranked by their weight norms)."""
+
+    def key(i: int):
+        return (-float(scores[i]), -float(tiebreak[i]) if tiebreak is not None else 0.0, i)
+
+    return sorted(sorted(range(scores.numel()), key=key)[:n_keep])
 
 
 def slice_state_dict(
@@ -259,6 +268,9 @@ def structured_prune(
         elif not any(f"{prefix}.{a}" in protect for a in ("attn", "self_attn", "cross_attn")):
             active.append(t)
     scores = importance_scores(acoustic, active, args["importance"], calibration)
+    tiebreak = (
+        importance_scores(acoustic, active, "weight_norm") if args["importance"] != "weight_norm" else {}
+    )
     keep: Dict[str, List[int]] = {}
     for t in active:
         mod = _get(acoustic, t.path)
@@ -270,7 +282,7 @@ def structured_prune(
         else:
             total = mod.n_heads
             n_keep = plan[f"{t.side}_heads"][t.layer]
-        keep[t.path] = _keep_top(scores[t.path], n_keep)
+        keep[t.path] = _keep_top(scores[t.path], n_keep, tiebreak.get(t.path))
     new_config = copy.deepcopy(dict(model_config))
     new_config["acoustic"] = {**new_config["acoustic"], **plan}
     pruned = build_acoustic(new_config)

@@ -26,8 +26,12 @@ QUANTIZED_TYPES = (_qdyn.Linear, _qdyn.LSTM, _qdyn.GRU)
 
 def quantize_transform(args: Mapping) -> Dict:
     """The config.json transform describing a ``quantize`` step."""
-    return {"op": "quantize_dynamic", "component": args["component"], "dtype": args["dtype"],
-            "modules": list(args["modules"])}
+    return {
+        "op": "quantize_dynamic",
+        "component": args["component"],
+        "dtype": args["dtype"],
+        "modules": list(args["modules"]),
+    }
 
 
 def quantize(acoustic: nn.Module, vocoder: nn.Module, args: Mapping) -> Tuple[nn.Module, nn.Module, Dict]:

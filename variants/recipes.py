@@ -54,8 +54,9 @@ class ParamSpec:
                 return value, f"must be in [0, 1), got {value}"
             if self.kind == "fraction" and not 0.0 < value <= 1.0:
                 return value, f"must be in (0, 1], got {value}"
-            if self.kind == "float" and ((self.low is not None and value < self.low)
-                                         or (self.high is not None and value > self.high)):
+            if self.kind == "float" and (
+                (self.low is not None and value < self.low) or (self.high is not None and value > self.high)
+            ):
                 return value, f"must be in [{self.low}, {self.high}], got {value}"
             return value, None
         if self.kind == "int":
@@ -93,12 +94,17 @@ STEPS: dict[str, StepSpec] = {
         {
             "heads": ParamSpec("ratio", 0.5, "fraction of attention heads removed per prunable layer"),
             "ffn": ParamSpec("ratio", 0.6, "fraction of FFN channels removed per prunable layer"),
-            "importance": ParamSpec("choice", "activation", "how heads/channels are ranked",
-                                    choices=("activation", "weight_norm")),
-            "calibration_sentences": ParamSpec("int", 4, "corpus sentences used for activation importance",
-                                               low=1, high=64),
-            "protect": ParamSpec("names", ("encoder.layers.0.attn",),
-                                 "module paths never pruned (embeddings and positional encodings never are)"),
+            "importance": ParamSpec(
+                "choice", "activation", "how heads/channels are ranked", choices=("activation", "weight_norm")
+            ),
+            "calibration_sentences": ParamSpec(
+                "int", 4, "corpus sentences used for activation importance", low=1, high=64
+            ),
+            "protect": ParamSpec(
+                "names",
+                ("encoder.layers.0.attn",),
+                "module paths never pruned (embeddings and positional encodings never are)",
+            ),
         },
     ),
     "unstructured_prune": StepSpec(
@@ -111,8 +117,9 @@ STEPS: dict[str, StepSpec] = {
         "Dynamic quantization (torch.ao.quantization.quantize_dynamic) of one component.",
         {
             "dtype": ParamSpec("choice", "qint8", "weight dtype", choices=("qint8", "float16")),
-            "modules": ParamSpec("names", ("Linear", "LSTM"), "module types quantized",
-                                 choices=QUANT_MODULES),
+            "modules": ParamSpec(
+                "names", ("Linear", "LSTM"), "module types quantized", choices=QUANT_MODULES
+            ),
             "component": ParamSpec("choice", "acoustic", "which model", choices=("acoustic", "vocoder")),
         },
     ),
@@ -123,8 +130,9 @@ STEPS: dict[str, StepSpec] = {
             "layers": ParamSpec("fraction", 0.5, "fraction of encoder and decoder layers the student keeps"),
             "steps": ParamSpec("int", 60, "optimizer steps", low=0, high=1000),
             "lr": ParamSpec("float", 1e-3, "Adam learning rate", low=1e-6, high=1.0),
-            "sentences": ParamSpec("int", 8, "generated training sentences (teacher mels cached)",
-                                   low=1, high=256),
+            "sentences": ParamSpec(
+                "int", 8, "generated training sentences (teacher mels cached)", low=1, high=256
+            ),
         },
     ),
 }
@@ -230,7 +238,7 @@ def parse_recipe(obj: Any, source: str, name: str = "custom") -> Recipe:
     steps = []
     for i, raw in enumerate(obj, start=1):
         if not isinstance(raw, Mapping):
-            raise RecipeError(f"{source}: step {i}: expected a table like {{step = \"prune\"}}, got {raw!r}")
+            raise RecipeError(f'{source}: step {i}: expected a table like {{step = "prune"}}, got {raw!r}')
         if "step" not in raw:
             raise RecipeError(f"{source}: step {i}: missing 'step' (one of {', '.join(sorted(STEPS))})")
         params = {k: v for k, v in raw.items() if k != "step"}
@@ -346,8 +354,11 @@ def check_recipe(recipe: Recipe, model_config: Mapping | None, source: str | Non
 
 
 def _builtin(name: str, description: str, *steps: tuple) -> Recipe:
-    return Recipe(name, tuple(make_step(op, f"builtin {name}", i, **p) for i, (op, p) in enumerate(steps, 1)),
-                  description)
+    return Recipe(
+        name,
+        tuple(make_step(op, f"builtin {name}", i, **p) for i, (op, p) in enumerate(steps, 1)),
+        description,
+    )
 
 
 BUILTIN_VARIANTS: dict[str, Recipe] = {
@@ -356,10 +367,12 @@ BUILTIN_VARIANTS: dict[str, Recipe] = {
         _builtin("original", "fp32 reference"),
         _builtin("pruned", "structured: attention heads + FFN channels", ("prune", {})),
         _builtin("quantized", "dynamic int8 (Linear, LSTM) of the acoustic model", ("quantize", {})),
-        _builtin("pruned+quantized", "structured pruning, then dynamic int8",
-                 ("prune", {}), ("quantize", {})),
-        _builtin("unstructured", "L1 unstructured pruning, masks removed (same size)",
-                 ("unstructured_prune", {})),
+        _builtin(
+            "pruned+quantized", "structured pruning, then dynamic int8", ("prune", {}), ("quantize", {})
+        ),
+        _builtin(
+            "unstructured", "L1 unstructured pruning, masks removed (same size)", ("unstructured_prune", {})
+        ),
         _builtin("distilled", "half-depth student trained on the original's mels", ("distill", {})),
     )
 }
@@ -382,4 +395,3 @@ def resolve_variants(names: Sequence[str], user_recipes: Mapping[str, Recipe] | 
             recipe = Recipe(name, recipe.steps, recipe.description)
         out.append(recipe)
     return out
-
