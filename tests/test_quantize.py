@@ -1,4 +1,4 @@
-"""Dynamic int8 quantization of the acoustic model: module types change, weights shrink, HifiGan stays fp32."""
+"""Dynamic int8 quantization of the acoustic model: module types change, weights shrink, HifiGan fp32."""
 
 import pytest
 import torch
