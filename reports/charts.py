@@ -99,6 +99,13 @@ def _rc() -> Dict[str, object]:
     }
 
 
+# boxplot's ``vert`` became ``orientation`` in matplotlib 3.10 (``vert`` is deprecated from 3.11).
+_HORIZONTAL = (
+    {"orientation": "horizontal"}
+    if tuple(int(x) for x in matplotlib.__version__.split(".")[:2]) >= (3, 10)
+    else {"vert": False}
+)
+
 _XML_HEAD = re.compile(r"^.*?(?=<svg)", re.S)
 _COMMENT = re.compile(r"<!--.*?-->", re.S)
 _SIZE_ATTR = re.compile(r'(<svg[^>]*?)\s(?:width|height)="[^"]*"')
@@ -161,7 +168,7 @@ def latency_distributions(data: ReportData, device: str) -> Optional[str]:
             bp = ax.boxplot(
                 [s for _, s, _ in keep],
                 positions=[p for p, _, _ in keep],
-                vert=False,
+                **_HORIZONTAL,
                 widths=0.55,
                 patch_artist=True,
                 showfliers=True,

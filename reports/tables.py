@@ -316,7 +316,7 @@ def article_claims(data: ReportData) -> Tuple[ClaimRow, ...]:
             continue
         for variant, method, size_claim, speed_claim, quality in ARTICLE_METHODS:
             r = data.result(device, variant)
-            if r is None:
+            if r is None or not r.ok:
                 continue
             size_change = speed_change = None
             if r.size_bytes and ref.size_bytes:

@@ -1,0 +1,317 @@
+"""The HTML report: rendered from hand-made ReportData and from a real store file; escaping; the CLI."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from records import make_identity, make_manifest, make_record
+from report_data import make_report_data
+
+from harness.cli import main
+from harness.store import Store
+from reports import charts
+from reports.model import (
+    BUDGET_FAILED,
+    COULD_NOT_MEASURE,
+    NO_BASELINE,
+    PASS,
+    REGRESSION,
+    VERDICT_KINDS,
+    AudioClip,
+    Verdict,
+    load_report_data,
+)
+from reports.render import CSV_FILE, MARKDOWN_FILE, REPORT_FILE, VERDICT_TEXT, render_report, render_run
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("report")
+    data = make_report_data(root / "src", hostile_fact=HOSTILE)
+    return render_report(data, root / "out", generated_at="2026-11-23 06:00 UTC")
+
+
+@pytest.fixture(scope="module")
+def html(rendered) -> str:
+    return rendered.read_text(encoding="utf-8")
+
+
+def test_writes_the_report_and_both_table_exports(rendered):
+    out = rendered.parent
+    assert rendered.name == REPORT_FILE
+    assert (out / CSV_FILE).read_text(encoding="utf-8").startswith("device,variant,status,")
+    assert (out / MARKDOWN_FILE).read_text(encoding="utf-8").startswith("# edgebench run ")
+
+
+def test_verdict_and_its_causes_come_first(html):
+    body = html[html.index("<body>") :]
+    verdict = body.index('id="verdict"')
+    assert verdict < body.index('id="overview"') < body.index('id="device-1"')
+    banner = body[verdict : body.index('id="overview"')]
+    assert "Could not measure" in banner and "exit code 2" in banner
+    # The cause of the verdict's own kind is listed first, then the others with value vs budget.
+    causes = re.findall(r'<span class="kind">([^<]*)</span><span class="where">([^<]*)</span>', banner)
+    assert causes[0] == ("could not measure", "n100 · distilled")
+    assert ("budget failed", "pi4 · original") in causes
+    assert "Latency p90 (short) = 1.15 s vs budget ≤ 800 ms" in banner
+    assert "median 1.12× the baseline (95 % CI 1.07–1.18, p = 0.0004)" in banner
+
+
+def test_comparison_tables_matrix_and_sections(html):
+    assert html.count('<table class="comparison">') == 2
+    assert '<table class="matrix">' in html
+    for section in ("regressions", "trends", "audio", "devices", "reference"):
+        assert f'id="{section}"' in html
+    # Status is never colour alone: marks and budget text are in the cells.
+    assert '<span class="mark" aria-label="fail">✗</span><span class="v">1.15 s</span>' in html
+    assert "≤ 800 ms" in html and "✓" in html
+    assert "⚠ throttled" in html
+    assert "measurement exceeded its timeout (900 s) in process 2 of 3" in html
+
+
+def test_charts_are_inline_svg_with_text_as_paths(html):
+    svgs = re.findall(r"<svg\b[^>]*>", html)
+    # 4 per device (distribution, stages, length, pareto) + the trend.
+    assert len(svgs) == 9
+    assert all('class="chart"' in s and 'role="img"' in s for s in svgs)
+    assert "<text" not in html  # fonts embedded as paths: renders the same without the font
+    assert "<!--" not in html
+
+
+def test_self_contained_no_external_reference(html):
+    assert "Content-Security-Policy" in html
+    assert "<script" not in html
+    assert "<link" not in html and "@import" not in html
+    for attr in re.findall(r'(?:src|href)="([^"]*)"', html):
+        assert attr.startswith(("#", "audio/", "data:")), attr
+
+
+def test_device_strings_are_escaped(html):
+    assert HOSTILE not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_audio_copied_beside_the_report_and_referenced_relatively(rendered, html):
+    wav = rendered.parent / "audio" / "pruned-quantized" / "happy.wav"
+    assert wav.is_file() and wav.stat().st_size > 1000
+    assert 'src="audio/pruned-quantized/happy.wav"' in html
+    assert html.count("<audio ") == 6 * 7
+
+
+def test_small_audio_is_embedded_when_allowed(tmp_path):
+    data = make_report_data(tmp_path / "src", n_per_class=5)
+    report = render_report(data, tmp_path / "out", embed_audio_max_bytes=1_000_000)
+    text = report.read_text(encoding="utf-8")
+    assert text.count('src="data:audio/wav;base64,') == 6 * 7
+    assert not (tmp_path / "out" / "audio").exists()
+
+
+def test_a_missing_sample_file_is_reported_not_fatal(tmp_path):
+    data = make_report_data(None, n_per_class=5)
+    clip = AudioClip("original", "happy", tmp_path / "nope.wav")
+    data = replace(data, audio=(clip,), samples={}, history=())
+    text = render_report(data, tmp_path / "out").read_text(encoding="utf-8")
+    assert "sample file missing" in text
+
+
+@pytest.mark.parametrize("kind", VERDICT_KINDS)
+def test_every_verdict_kind_has_its_banner(tmp_path, kind):
+    data = make_report_data(None, n_per_class=5)
+    verdict = Verdict(kind=kind, exit_code={PASS: 0, NO_BASELINE: 0}.get(kind, 1), causes=())
+    data = replace(data, verdict=verdict, samples={}, history=())
+    text = render_report(data, tmp_path).read_text(encoding="utf-8")
+    label = VERDICT_TEXT[kind][0]
+    assert f'class="verdict v-{kind}"' in text
+    assert f'<div class="label">{label}</div>' in text
+    assert f"<title>edgebench · {data.run.run_id} · {label}</title>" in text
+
+
+def test_charts_use_ascii_labels_without_a_cjk_font(monkeypatch):
+    monkeypatch.setattr(charts, "cjk_family", lambda: None)
+    assert charts.label("剪枝 pruned") == "?? pruned"
+    monkeypatch.setattr(charts, "cjk_family", lambda: "Noto Sans CJK SC")
+    assert charts.label("剪枝 pruned") == "剪枝 pruned"
+
+
+def test_charts_are_deterministic():
+    data = make_report_data(None, n_per_class=5)
+    assert charts.pareto(data, "pi4") == charts.pareto(data, "pi4")
+
+
+# ------------------------------------------------------------------------------------ from the store
+
+
+def _store_run(path: Path, artifacts_root: Path) -> tuple[Store, str]:
+    """Two runs in a real store file: a baseline and the run under test, with samples WAVs."""
+    import numpy as np
+    import soundfile as sf
+
+    store = Store(path)
+    variants = ["original", "pruned", "quantized"]
+    run_ids = []
+    for night, started in enumerate(("2026-11-22T02:00:00+00:00", "2026-11-23T02:00:00+00:00")):
+        rid = store.start_run(
+            {"preset": "tiny"},
+            {"latency_p90_ms": 800},
+            "test",
+            "tiny",
+            variants,
+            ["pi4-a"],
+            run_id=f"2026112{2 + night}-020000-000{night}",
+            started_at=started,
+        )
+        for i, v in enumerate(variants):
+            manifest = make_manifest(v, acoustic_bytes=48_500_000 // (i + 1))
+            folder = artifacts_root / v
+            (folder / "samples").mkdir(parents=True, exist_ok=True)
+            manifest["samples"] = {}
+            for emotion in ("neutral", "happy"):
+                sf.write(folder / "samples" / f"{emotion}.wav", np.zeros(1600, dtype="float32"), 16000)
+                manifest["samples"][emotion] = f"samples/{emotion}.wav"
+            store.record_artifact(rid, v, str(folder), manifest)
+            if v == "quantized" and night == 1:
+                store.record_attempt(
+                    rid,
+                    "pi4-a",
+                    make_identity("pi4-a"),
+                    v,
+                    "timeout",
+                    "measurement timed out after 900 s",
+                    None,
+                )
+                continue
+            record = make_record(
+                v,
+                seed=night * 10 + i,
+                slowdown=1.0 - 0.3 * i,
+                throttled=(v == "original" and night == 1),
+                hostname=HOSTILE,
+            )
+            store.record_attempt(rid, "pi4-a", make_identity("pi4-a"), v, "ok", None, record)
+        store.finish_run(rid, "complete" if night == 0 else "incomplete")
+        run_ids.append(rid)
+    store.save_verdict(
+        run_ids[1],
+        {
+            "outcome": COULD_NOT_MEASURE,
+            "exit_code": 2,
+            "baseline_run_id": run_ids[0],
+            "causes": [
+                {
+                    "kind": COULD_NOT_MEASURE,
+                    "device": "pi4-a",
+                    "variant": "quantized",
+                    "message": "timeout: measurement timed out after 900 s",
+                },
+                {
+                    "kind": BUDGET_FAILED,
+                    "device": "pi4-a",
+                    "variant": "original",
+                    "metric": "latency_p90_s",
+                    "length_class": "short",
+                    "value": 0.9,
+                    "limit": 0.8,
+                },
+            ],
+            "checks": [
+                {
+                    "device": "pi4-a",
+                    "variant": "original",
+                    "metric": "latency_p90_s",
+                    "length_class": "short",
+                    "value": 0.9,
+                    "limit": 0.8,
+                    "passed": False,
+                }
+            ],
+            "regressions": [
+                {
+                    "device": "pi4-a",
+                    "variant": "pruned",
+                    "length_class": "short",
+                    "baseline_median_s": 0.1,
+                    "current_median_s": 0.11,
+                    "ratio": 1.1,
+                    "ci_low": 1.02,
+                    "ci_high": 1.2,
+                    "p_value": 0.01,
+                    "regressed": True,
+                }
+            ],
+        },
+    )
+    return store, run_ids[1]
+
+
+@pytest.fixture()
+def store_run(tmp_path):
+    store, run_id = _store_run(tmp_path / "results.sqlite", tmp_path / "artifacts")
+    yield store, run_id
+    store.close()
+
+
+def test_report_data_from_a_real_store(store_run):
+    store, run_id = store_run
+    data = load_report_data(store, run_id)
+    assert data.run.run_id == run_id and data.run.status == "incomplete"
+    assert data.verdict.kind == COULD_NOT_MEASURE and data.verdict.exit_code == 2
+    orig = data.result("pi4-a", "original")
+    assert orig.ok and orig.throttled
+    assert set(orig.latency) == {"short", "medium", "long"}
+    assert orig.latency["short"].n > 0 and orig.latency["short"].p50_s <= orig.latency["short"].p90_s
+    assert orig.sizes == {"acoustic": 48_500_000, "vocoder": 19_400_000}
+    assert orig.emotion_id_accuracy == 0.95 and orig.mcd_db == 4.2
+    assert orig.load_s == pytest.approx(0.3) and orig.first_inference_s == pytest.approx(0.8)
+    timeout = data.result("pi4-a", "quantized")
+    assert timeout.status == "timeout" and "900 s" in timeout.error and not timeout.latency
+    assert len(data.samples[("pi4-a", "pruned")]) == sum(
+        r.n for r in data.result("pi4-a", "pruned").latency.values()
+    )
+    assert data.devices[0].facts_before["cpu_model"] == "Cortex-A72"
+    assert {p.run_id for p in data.history} == {"20261122-020000-0000", run_id}
+    assert {(c.variant, c.emotion) for c in data.audio} >= {("original", "happy"), ("quantized", "neutral")}
+    assert data.regressions[0].regressed and data.regressions[0].ratio == 1.1
+
+
+def test_render_run_from_a_real_store(store_run, tmp_path):
+    store, run_id = store_run
+    report = render_run(store, run_id, tmp_path / "out")
+    text = report.read_text(encoding="utf-8")
+    assert "Could not measure" in text and "measurement timed out after 900 s" in text
+    assert HOSTILE not in text and "&lt;script&gt;" in text
+    assert (tmp_path / "out" / "audio" / "original" / "happy.wav").is_file()
+    assert len(re.findall(r"<svg\b", text)) >= 4
+
+
+def test_cli_renders_the_latest_run(store_run, tmp_path, capsys):
+    store, run_id = store_run
+    out = tmp_path / "cli-out"
+    assert main(["report", "--store", str(store.path), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out / REPORT_FILE)
+    assert (out / REPORT_FILE).is_file() and (out / CSV_FILE).is_file()
+
+
+def test_cli_unknown_run_is_one_line_exit_2(store_run, capsys):
+    store, _ = store_run
+    assert main(["report", "--store", str(store.path), "--run", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edgebench: error: ") and "nope" in err and "\n" not in err
+
+
+def test_cli_without_a_store_is_one_line_exit_2(tmp_path, capsys):
+    assert main(["report", "--store", str(tmp_path / "missing.sqlite")]) == 2
+    assert "no results store" in capsys.readouterr().err
+
+
+def test_regression_verdict_names_the_ratio(tmp_path):
+    data = make_report_data(None, n_per_class=5)
+    causes = tuple(c for c in data.verdict.causes if c.kind == REGRESSION)
+    verdict = Verdict(REGRESSION, 1, causes=causes)
+    data = replace(data, verdict=verdict, samples={}, history=())
+    text = render_report(data, tmp_path).read_text(encoding="utf-8")
+    assert "pi4 · quantized" in text and "short median 1.12× the baseline" in text
