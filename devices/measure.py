@@ -60,7 +60,7 @@ def measure_variant(transport: Transport, device: Device, artifact_dir: Path, va
     argv = agent_command(agent.agent_argv, artifact.remote_path, variant, protocol, transport.work_dir)
     result = transport.run(argv, timeout=protocol.transport_timeout())
     if not result.stdout.strip():
-        tail = "\n".join(result.stderr.strip().splitlines()[-STDERR_TAIL_LINES:]) or "no output"
+        tail = " | ".join(result.stderr.strip().splitlines()[-STDERR_TAIL_LINES:]) or "no output"
         raise AgentError(
             f"device {device.name!r}: the agent printed no record (exit {result.exit_code} after "
             f"{result.duration_s:.1f}s): {tail}"

@@ -92,13 +92,33 @@ def steady_state(plan: Sequence, step: Callable[[object], dict], rule: StopRule,
         samples.append(sample)
 
 
+def in_rounds(cycle: Sequence[tuple]) -> List[tuple]:
+    """A schedule cycle (every (sentence, emotion) once) rearranged into rounds of every sentence once.
+
+    Round k holds each sentence with the emotion of its k-th occurrence in ``cycle``, in the order those
+    occurrences appear there; so the seeded order is kept, each sentence is measured equally often at the
+    end of every round, and each (sentence, emotion) pair equally often at the end of the cycle.
+    """
+    occurrences = {}  # sentence id -> [(position in cycle, item)], in cycle order
+    for position, item in enumerate(cycle):
+        occurrences.setdefault(item[0].id, []).append((position, item))
+    counts = {len(v) for v in occurrences.values()}
+    if len(counts) != 1:
+        return list(cycle)  # not a full cycle: keep it as it is (balanced_block will say so)
+    plan = []
+    for k in range(counts.pop()):
+        plan.extend(item for _, item in sorted(occ[k] for occ in occurrences.values()))
+    return plan
+
+
 def make_plan(corpus_module, emotions: Sequence[str], classes: Sequence[str], seed: int):
-    """One full cycle of the seeded schedule over the requested classes x emotions, and its block."""
+    """The steady state's plan: one full cycle of ``corpus.schedule`` over the requested classes x
+    emotions (seeded), arranged in rounds; and the stop granularity that keeps it balanced."""
     sentences = [s for s in corpus_module.default_corpus(seed=seed) if s.length_class in classes]
     if not sentences:
         raise WorkerError("no corpus sentence in the length classes " + ",".join(classes))
-    cycle = len(sentences) * len(emotions)
-    plan = list(corpus_module.schedule(sentences, emotions, cycle, seed))
+    cycle = list(corpus_module.schedule(sentences, emotions, len(sentences) * len(emotions), seed))
+    plan = in_rounds(cycle)
     return plan, balanced_block(plan, len(sentences))
 
 
@@ -169,8 +189,8 @@ def run(args, started: float, phases: dict, clock: Callable[[], float] = time.pe
     phases["import_s"] = clock() - t
     if args.threads:
         torch.set_num_threads(args.threads)
-    # No sha256 pass here: the controller's push verified every file on the device just before this
-    # run, and a user's process loading a model does not hash it either.
+    # The sha256 check runs before the load timers: a user's process loading a model does not hash it.
+    artifact.verify_files(args.artifact)
     t = clock()
     acoustic = artifact.load_component(args.artifact, "acoustic", verify=False)
     phases["acoustic_load_s"] = clock() - t
