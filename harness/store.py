@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from harness import stats
+from harness import paths, stats
 from harness.errors import UserError
 
 SCHEMA_VERSION = 1
@@ -40,10 +40,6 @@ SCHEMA_VERSION = 1
 ATTEMPT_STATUSES = ("ok", "failed", "unreachable", "timeout", "ineligible")
 RUN_STATUSES = ("running", "complete", "incomplete")
 LENGTH_CLASSES = ("short", "medium", "long")
-
-#: The state directory (relative to the working directory) and the store's file name in it.
-STATE_DIR_NAME = ".edgebench"
-STORE_FILE_NAME = "results.sqlite"
 
 SAMPLE_COLUMNS = (
     "run_id", "device", "device_identity", "variant", "process", "iteration", "sentence_id",
@@ -61,9 +57,9 @@ class StoreError(UserError):
     """The store file cannot be used (newer schema, not an edgebench store, unknown run id)."""
 
 
-def default_store_path(state_dir: Path | None = None) -> Path:
-    """``<state dir>/results.sqlite``; the state dir defaults to ``.edgebench`` in the working directory."""
-    return Path(state_dir if state_dir is not None else STATE_DIR_NAME) / STORE_FILE_NAME
+def default_store_path() -> Path:
+    """``results.sqlite`` in the state directory (``harness.paths``: ``.edgebench/`` or $EDGEBENCH_HOME)."""
+    return paths.results_db_path()
 
 
 def _now() -> str:

@@ -43,8 +43,13 @@ def make_samples(
     sigma: float = 0.06,
     process_offset: float = 1.0,
     seconds_per_char: float = 0.02,
+    outlier_rate: float = 0.0,
 ) -> list[dict]:
-    """Samples cycling over the corpus's sentences of each class, emotions in turn."""
+    """Samples cycling over the corpus's sentences of each class, emotions in turn.
+
+    Latency = seconds_per_char * characters * slowdown * process_offset * lognormal(0, sigma); with
+    probability ``outlier_rate`` a sample is stretched by 1 + exponential(0.3) (a scheduler hiccup).
+    """
     out = []
     iteration = 0
     for length_class in classes:
@@ -57,6 +62,8 @@ def make_samples(
             audio_s = frames * 200 / 16000
             base = seconds_per_char * chars * slowdown * process_offset
             total = float(base * rng.lognormal(0.0, sigma))
+            if outlier_rate and rng.random() < outlier_rate:
+                total *= 1.0 + float(rng.exponential(0.3))
             frontend = 0.001 * total
             acoustic = 0.45 * total
             out.append({
