@@ -212,6 +212,34 @@ def build_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -> 
     return " ".join(parts)
 
 
+# Runs the command through sh, which first reports its pid and process group on stderr (removed from
+# the result) so a command that timed out can be killed on the device, then execs the command.
+_PID_MARKER = b"edgebench-remote-pid"
+_WRAPPER = ('g=; read -r _p _c _s _pp g _r < /proc/$$/stat 2>/dev/null; '
+            'echo "edgebench-remote-pid $$ ${g:-$$}" >&2; exec "$@"')
+
+
+def remote_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
+    """The command line sent to the device: ``sh -c WRAPPER edgebench <quoted argv>``."""
+    return f"sh -c {shlex.quote(_WRAPPER)} edgebench {build_command(argv, env)}"
+
+
+def _split_pid_marker(err: bytes) -> tuple:
+    """((pid, pgid) or None, stderr without the marker line)."""
+    start = err.find(_PID_MARKER)
+    if start < 0 or (start > 0 and err[start - 1:start] != b"\n"):
+        return None, err
+    end = err.find(b"\n", start)
+    if end < 0:
+        end = len(err)
+    parts = err[start:end].split()
+    rest = err[:start] + err[end + 1:]
+    try:
+        return (int(parts[1]), int(parts[2])), rest
+    except (IndexError, ValueError):
+        return None, err
+
+
 class SSHTransport(Transport):
     """A device over SSH (fabric). Connects lazily on first use and reuses the connection."""
 
@@ -310,7 +338,7 @@ class SSHTransport(Transport):
     # -- commands
 
     def run(self, argv, timeout, env=None, stdin=None):
-        command = build_command([str(a) for a in argv], env)
+        command = remote_command([str(a) for a in argv], env)
         start = self._clock()
         deadline = start + timeout
         conn = self._connect(deadline)
@@ -335,42 +363,67 @@ class SSHTransport(Transport):
                 if chan.recv_stderr_ready():
                     err += chan.recv_stderr(1 << 16)
                     busy = True
-                if not busy:
-                    if chan.exit_status_ready() or chan.closed:
-                        if not chan.recv_ready() and not chan.recv_stderr_ready():
-                            break
-                        continue
-                    if not conn.is_connected:
-                        raise TransportError(
-                            f"device {dev.name!r}: connection lost during {argv[0]} after "
-                            f"{self._clock() - start:.1f}s"
-                        )
-                    if self._clock() > deadline:
-                        raise TransportError(
-                            f"device {dev.name!r}: command {argv[0]} timed out after {timeout:.1f}s "
-                            f"(channel closed)"
-                        )
-                    time.sleep(_POLL_S)
+                if busy:
+                    continue
+                if chan.exit_status_ready() or chan.closed:
+                    if not chan.recv_ready() and not chan.recv_stderr_ready():
+                        break
+                    continue
+                if not conn.is_connected:
+                    raise TransportError(
+                        f"device {dev.name!r}: connection lost during {argv[0]} after "
+                        f"{self._clock() - start:.1f}s"
+                    )
+                if self._clock() > deadline:
+                    raise socket.timeout()
+                time.sleep(_POLL_S)
             status = chan.recv_exit_status() if chan.exit_status_ready() else -1
         except socket.timeout:
             chan.close()
-            raise TransportError(f"device {dev.name!r}: command {argv[0]} timed out after {timeout:.1f}s") \
-                from None
+            killed = self._kill_remote(err)
+            raise TransportError(
+                f"device {dev.name!r}: command {argv[0]} timed out after {timeout:.1f}s ({killed})"
+            ) from None
         except TransportError:
             chan.close()
             raise
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, paramiko.SSHException) as exc:
             chan.close()
             self.close()
             raise TransportError(f"device {dev.name!r}: connection lost during {argv[0]}: {exc}") from None
-        if status == -1 or not conn.is_connected and not chan.exit_status_ready():
+        if status == -1:
             self.close()
             raise TransportError(
                 f"device {dev.name!r}: connection lost during {argv[0]} (no exit status) after "
                 f"{self._clock() - start:.1f}s"
             )
         chan.close()
-        return CommandResult(status, _decode(bytes(out)), _decode(bytes(err)), self._clock() - start)
+        _, stderr = _split_pid_marker(bytes(err))
+        return CommandResult(status, _decode(bytes(out)), _decode(stderr), self._clock() - start)
+
+    def _kill_remote(self, err: bytearray) -> str:
+        """Best effort after a timeout: TERM, then KILL, the command's process group on the device
+        (sshd does not stop a command whose channel was closed)."""
+        ids, _ = _split_pid_marker(bytes(err))
+        if ids is None:
+            return "remote process not found"
+        pid, pgid = ids
+        if pid <= 1 or pgid <= 1:
+            return "remote process not found"
+        script = ('kill -TERM -- "-$1" 2>/dev/null || kill -TERM "$2" 2>/dev/null; sleep 1; '
+                  'kill -KILL -- "-$1" 2>/dev/null || kill -KILL "$2" 2>/dev/null; true')
+        try:
+            conn = self._connect(self._clock() + 5.0)
+            chan = conn.client.get_transport().open_session(timeout=5.0)
+            chan.settimeout(5.0)
+            chan.exec_command(shlex.join(["sh", "-c", script, "kill", str(pgid), str(pid)]))
+            give_up = time.monotonic() + 5.0
+            while not chan.exit_status_ready() and time.monotonic() < give_up:
+                time.sleep(0.05)
+            chan.close()
+        except (OSError, EOFError, paramiko.SSHException, TransportError):
+            return f"could not kill remote process {pid}"
+        return f"remote process {pid} killed"
 
     # -- transfers
 

@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,6 +39,7 @@ from devices.transport import SSHTransport
 SSHD = shutil.which("sshd", path="/usr/sbin:/usr/local/sbin:/sbin:" + os.environ.get("PATH", ""))
 SSH_KEYGEN = shutil.which("ssh-keygen")
 START_TIMEOUT_S = 10.0
+_KILL_LOCK = threading.Lock()   # kill() may come from a timer thread (a device dying mid-run)
 
 
 def sshd_available() -> bool:
@@ -139,17 +141,16 @@ class SSHServer:
 
     def kill(self) -> None:
         """SIGKILL the listener and every process it started (open sessions die like a powered-off device)."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            victims = [self.proc.pid] + _descendants(self.proc.pid)
-            for pid in victims:
+        with _KILL_LOCK:
+            proc, self.proc = self.proc, None
+            if proc is None or proc.poll() is not None:
+                return
+            for pid in [proc.pid] + _descendants(proc.pid):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            self.proc.wait(timeout=10)
-        self.proc = None
+            proc.wait(timeout=10)
 
 
 class SSHFarm:

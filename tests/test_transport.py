@@ -109,13 +109,18 @@ def test_ssh_run_quoting_env_stdin_and_put(ssh_device, tmp_path):
 
 
 @pytest.mark.ssh
-def test_ssh_command_timeout_is_bounded(ssh_device):
+def test_ssh_command_timeout_is_bounded_and_kills_the_remote_command(ssh_device, tmp_path):
+    marker = tmp_path / "survived"
+    code = f"import time; time.sleep(4); open({str(marker)!r}, 'w').close()"
     with ssh_device.transport() as t:
         start = time.monotonic()
-        with pytest.raises(TransportError, match="timed out after 1.0s"):
-            t.run(["sleep", "30"], timeout=1.0)
+        with pytest.raises(TransportError, match=r"timed out after 1.0s \(remote process \d+ killed\)"):
+            t.run([sys.executable, "-c", code], timeout=1.0)
         assert time.monotonic() - start < 5
-        assert t.run(["true"], timeout=10).exit_code == 0     # the transport is still usable
+        r = t.run(["sh", "-c", "echo out; echo err >&2"], timeout=10)     # the transport is still usable
+        assert (r.exit_code, r.stdout, r.stderr) == (0, "out\n", "err\n")   # no pid marker left in stderr
+    time.sleep(4.5)
+    assert not marker.exists()
 
 
 @pytest.mark.ssh
@@ -177,11 +182,13 @@ def test_connect_retries_are_bounded(ssh_farm):
 def test_killed_device_mid_command_is_a_transport_error(ssh_device):
     t = ssh_device.transport()
     t.run(["true"], timeout=10)
-    threading.Timer(0.5, ssh_device.kill).start()
+    killer = threading.Timer(0.5, ssh_device.kill)
+    killer.start()
     start = time.monotonic()
     with pytest.raises(TransportError, match="connection lost|timed out"):
         t.run(["sleep", "20"], timeout=15)
     assert time.monotonic() - start < 10
+    killer.join()
     ssh_device.restart()
     assert t.run(["echo", "back"], timeout=20).stdout == "back\n"    # reconnects on next use
     t.close()
