@@ -14,7 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Tuple
 
 #: Per-layer fields, normalised to tuples of ints.
-_SAMBERT_LIST_FIELDS = ("enc_heads", "enc_ffn", "dec_heads", "dec_ffn", "predictor_ffn", "postnet_ffn")
+_SAMBERT_LIST_FIELDS = (
+    "enc_heads",
+    "enc_ffn",
+    "dec_heads",
+    "dec_ffn",
+    "predictor_ffn",
+    "postnet_ffn",
+    "dur_prenet",
+    "dec_prenet",
+)
 _HIFIGAN_LIST_FIELDS = ("upsample_rates", "upsample_kernels", "resblock_kernels", "resblock_dilations")
 
 
@@ -89,7 +98,7 @@ class SambertConfig:
     postnet_lstm: int = 128
 
     def __post_init__(self) -> None:
-        for name in _SAMBERT_LIST_FIELDS + ("dur_prenet",):
+        for name in _SAMBERT_LIST_FIELDS:
             object.__setattr__(self, name, _as_int_tuple("SambertConfig", name, getattr(self, name)))
             _check_positive("SambertConfig", name, getattr(self, name))
         if len(self.enc_ffn) != len(self.enc_heads):

@@ -1,0 +1,268 @@
+"""The reference workload (variants.models): configs, shapes, determinism, decoder modes, compression."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from variants.frontend import text_to_ids
+from variants.models import (
+    PRESETS,
+    HifiGanConfig,
+    ModelConfig,
+    SambertConfig,
+    build_acoustic,
+    build_vocoder,
+    count_parameters,
+    get_preset,
+    reference,
+)
+from variants.models.sambert import Sambert
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = get_preset("tiny")
+    return cfg, build_acoustic(cfg.acoustic, seed=0), build_vocoder(cfg.vocoder, seed=0)
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    return text_to_ids("今天天气真好,我很开心!", emotion="happy").to_tensors()
+
+
+def _state_sha(module: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ configs
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_config_round_trips_through_json(name):
+    cfg = get_preset(name)
+    data = json.loads(json.dumps(cfg.to_dict()))
+    assert isinstance(data["acoustic"]["enc_heads"], list)
+    assert ModelConfig.from_dict(data) == cfg
+
+
+def test_unknown_preset_names_the_known_ones():
+    with pytest.raises(ValueError, match="tiny"):
+        get_preset("huge")
+
+
+def test_config_rejects_inconsistent_or_unknown_fields():
+    with pytest.raises(ValueError, match="enc_ffn"):
+        SambertConfig(enc_heads=(8, 8), enc_ffn=(1024,))
+    with pytest.raises(ValueError, match=">= 1"):
+        SambertConfig(dec_heads=(0,) * 12)
+    with pytest.raises(ValueError, match="unknown keys"):
+        ModelConfig.from_dict({"acoustic": {"n_layers": 3}, "vocoder": {}})
+
+
+def test_base_and_large_parameter_counts():
+    with torch.device("meta"):
+        base_acoustic = Sambert(get_preset("base").acoustic)
+        large_acoustic = Sambert(get_preset("large").acoustic)
+    base_vocoder = build_vocoder(get_preset("base").vocoder, seed=0)
+    n_base, n_voc, n_large = map(count_parameters, (base_acoustic, base_vocoder, large_acoustic))
+    print(
+        f"base acoustic {n_base} ({n_base * 4 / 1e6:.1f} MB fp32), vocoder {n_voc}, large acoustic {n_large}"
+    )
+    # workload.md: ~12.3M (+1.6 % for cross_attn's own query projection), HifiGan ~4.86M
+    assert abs(n_base - 12.3e6) / 12.3e6 < 0.03
+    assert abs(n_voc - 4.86e6) / 4.86e6 < 0.01
+    assert 190e6 < n_large * 4 < 230e6  # ~200 MB fp32, like the seed article's model
+
+
+def test_contract_module_names(tiny):
+    cfg, acoustic, _ = tiny
+    attn = acoustic.encoder.layers[0].attn
+    assert (attn.n_heads, attn.d_head) == (cfg.acoustic.enc_heads[0], cfg.acoustic.enc_d_head)
+    assert attn.qkv.out_features == 3 * attn.n_heads * attn.d_head
+    assert attn.qkv.in_features == cfg.acoustic.embedding_dim  # block 0 maps the embeddings down
+    ffn = acoustic.encoder.layers[1].ffn
+    assert isinstance(ffn.w1, nn.Conv1d) and ffn.w1.kernel_size == (3,)
+    assert isinstance(ffn.w2, nn.Linear)
+    layer = acoustic.decoder.layers[0]
+    assert isinstance(layer.self_attn.qkv, nn.Linear) and isinstance(layer.self_attn.out, nn.Linear)
+    assert layer.cross_attn.kv.in_features == cfg.acoustic.memory_dim
+    assert isinstance(layer.cross_attn.q, nn.Linear) and isinstance(layer.ffn.w1, nn.Linear)
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+
+def test_tiny_shapes_and_realistic_length(tiny, inputs):
+    _, acoustic, vocoder = tiny
+    with torch.inference_mode():
+        out = acoustic(**inputs)
+        wav = vocoder(out.mel.transpose(1, 2))
+    n_phones = inputs["sy"].size(1)
+    frames = int(out.durations.sum())
+    assert out.durations.shape == (1, n_phones) and out.durations.dtype == torch.long
+    assert out.mel.shape == (1, frames, 80) and out.mel_decoder.shape == out.mel.shape
+    assert out.frames.tolist() == [frames]
+    assert wav.shape == (1, 1, frames * 200)
+    assert int(out.durations.min()) >= 1
+    assert 1.5 <= frames * 0.0125 <= 2.5  # a 10-character sentence: about two seconds
+    assert torch.isfinite(out.mel).all() and torch.isfinite(wav).all()
+    assert float(wav.abs().max()) <= 1.0
+
+
+def test_inference_is_deterministic(tiny, inputs):
+    _, acoustic, vocoder = tiny
+    with torch.inference_mode():
+        a, b = acoustic(**inputs), acoustic(**inputs)
+        assert torch.equal(a.mel, b.mel) and torch.equal(a.durations, b.durations)
+        assert torch.equal(vocoder(a.mel.transpose(1, 2)), vocoder(b.mel.transpose(1, 2)))
+
+
+def test_builds_are_bit_identical_and_leave_the_global_rng_alone():
+    cfg = get_preset("tiny")
+    rng = torch.get_rng_state()
+    first = build_acoustic(cfg.acoustic, seed=3)
+    assert torch.equal(torch.get_rng_state(), rng)
+    second = build_acoustic(cfg.acoustic, seed=3)
+    other = build_acoustic(cfg.acoustic, seed=4)
+    assert _state_sha(first) == _state_sha(second) != _state_sha(other)
+    assert _state_sha(build_vocoder(cfg.vocoder, 3)) == _state_sha(build_vocoder(cfg.vocoder, 3))
+
+
+def test_builds_match_in_a_fresh_process(tiny):
+    _, acoustic, vocoder = tiny
+    code = textwrap.dedent(
+        """
+        import hashlib, torch
+        from variants.models import build_acoustic, build_vocoder, get_preset
+        def sha(m):
+            d = hashlib.sha256()
+            for k, v in sorted(m.state_dict().items()):
+                d.update(k.encode()); d.update(v.detach().contiguous().numpy().tobytes())
+            return d.hexdigest()
+        torch.manual_seed(1234)  # the global RNG must not matter
+        cfg = get_preset("tiny")
+        print(sha(build_acoustic(cfg.acoustic, seed=0)), sha(build_vocoder(cfg.vocoder, seed=0)))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.split() == [_state_sha(acoustic), _state_sha(vocoder)]
+
+
+def test_forced_durations(tiny, inputs):
+    _, acoustic, _ = tiny
+    forced = torch.full_like(inputs["sy"], 3)
+    forced[0, 0] = 5
+    with torch.inference_mode():
+        out = acoustic(**inputs, durations=forced)
+        again = acoustic(**inputs, durations=acoustic(**inputs).durations)
+        free = acoustic(**inputs)
+    assert torch.equal(out.durations, forced)
+    assert out.mel.shape[1] == int(forced.sum())
+    assert out.log_durations.shape == forced.shape
+    assert torch.equal(again.mel, free.mel)
+    with pytest.raises(ValueError, match="durations shape"):
+        acoustic(**inputs, durations=forced[:, 1:])
+
+
+def test_total_frames_are_capped(inputs):
+    cfg = dataclasses.replace(get_preset("tiny").acoustic, max_frames=50)
+    with torch.inference_mode():
+        out = build_acoustic(cfg, seed=0)(**inputs)
+    assert 1 <= out.mel.shape[1] <= 50 and int(out.durations.min()) >= 1
+
+
+# ------------------------------------------------------------------------------------------------ decoder
+
+
+def test_kv_cache_decoder_equals_uncached_steps(tiny, inputs):
+    _, acoustic, _ = tiny
+    decoder = acoustic.decoder
+    torch.manual_seed(0)
+    memory = torch.randn(1, 9, acoustic.cfg.memory_dim)
+    band = 2
+    with torch.inference_mode():
+        cached = decoder.infer(memory, band)
+        frame = torch.zeros(1, 1, 80)
+        inputs_so_far = []
+        for t in range(memory.size(1)):  # recompute every past step from scratch, no cache
+            inputs_so_far.append(frame)
+            step = decoder.forward_parallel(torch.cat(inputs_so_far, dim=1), memory, band)[:, -1:]
+            torch.testing.assert_close(step, cached[:, t : t + 1], rtol=1e-4, atol=1e-5)
+            frame = cached[:, t : t + 1, -80:]
+
+
+def test_teacher_forced_parallel_pass_reproduces_autoregressive_output(tiny, inputs):
+    _, acoustic, _ = tiny
+    with torch.inference_mode():
+        ar = acoustic(**inputs)
+        tf = acoustic(**inputs, durations=ar.durations, teacher_mel=ar.mel_decoder)
+    torch.testing.assert_close(tf.mel_decoder, ar.mel_decoder, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(tf.mel, ar.mel, rtol=1e-4, atol=1e-4)
+
+
+def test_teacher_forced_pass_trains(tiny, inputs):
+    cfg = get_preset("tiny")
+    student = build_acoustic(cfg.acoustic, seed=1).train()
+    with torch.inference_mode():
+        target = tiny[1](**inputs)
+    out = student(**inputs, durations=target.durations, teacher_mel=target.mel.clone())
+    loss = nn.functional.l1_loss(out.mel, target.mel.clone())
+    loss.backward()
+    assert student.decoder.layers[0].ffn.w1.weight.grad is not None
+
+
+# ------------------------------------------------------------------------------------ compression hooks
+
+
+def test_pruned_per_layer_dims_rebuild_from_config(inputs):
+    base = get_preset("tiny").acoustic
+    pruned = dataclasses.replace(base, enc_heads=[1, 2], enc_ffn=[5, 64], dec_heads=[2, 1], dec_ffn=[1, 7])
+    cfg = ModelConfig.from_dict(
+        json.loads(json.dumps(ModelConfig(pruned, get_preset("tiny").vocoder).to_dict()))
+    )
+    acoustic = build_acoustic(cfg.acoustic, seed=0)
+    assert acoustic.encoder.layers[0].attn.qkv.out_features == 3 * 1 * base.enc_d_head
+    assert acoustic.decoder.layers[1].cross_attn.kv.out_features == 2 * 1 * base.dec_d_head
+    with torch.inference_mode():
+        out = acoustic(**inputs)
+    assert out.mel.shape[1] == int(out.durations.sum())
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_dynamic_int8_quantization_runs(tiny, inputs):
+    _, acoustic, _ = tiny
+    quantized = torch.ao.quantization.quantize_dynamic(acoustic, {nn.Linear, nn.LSTM}, dtype=torch.qint8)
+    with torch.inference_mode():
+        out = quantized(**inputs)
+    assert out.mel.shape[1] == int(out.durations.sum()) and torch.isfinite(out.mel).all()
+
+
+def test_vocoder_weight_norm_is_folded():
+    cfg = HifiGanConfig(**{**get_preset("tiny").vocoder.to_dict()})
+    folded = build_vocoder(cfg, seed=0)
+    unfolded = build_vocoder(cfg, seed=0, fold_weight_norm=False)
+    keys = list(folded.state_dict())
+    assert all(k.endswith((".weight", ".bias")) for k in keys) and "conv_pre.conv.weight" in keys
+    mel = torch.randn(1, 80, 7)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(mel), unfolded(mel), rtol=1e-4, atol=1e-6)
+
+
+def test_reference_factory_accepts_a_config_dict():
+    acoustic, vocoder = reference(get_preset("tiny").to_dict(), seed=0)
+    assert isinstance(acoustic, Sambert) and not acoustic.training and not vocoder.training
