@@ -222,7 +222,9 @@ def render_html(data: ReportData, audio: AudioGrid, generated_at: Optional[str] 
         flagged_attempts=flagged,
         claims=tables.article_claims(data),
         article_budgets=tables.ARTICLE_BUDGETS,
-        article_source=tables.ARTICLE_SOURCE,
+        article_title=tables.ARTICLE_TITLE,
+        article_title_zh=tables.ARTICLE_TITLE_ZH,
+        article_date=tables.ARTICLE_DATE,
         budgets=_budget_lines(data.budgets),
         generated_at=generated_at or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         pass_mark=tables.PASS_MARK,
@@ -231,13 +233,18 @@ def render_html(data: ReportData, audio: AudioGrid, generated_at: Optional[str] 
 
 
 def _budget_lines(budgets: Mapping[str, Any], prefix: str = "") -> List[Tuple[str, str]]:
-    """Flatten the budgets recorded with the run into (key, value) lines for display."""
+    """Flatten the budgets recorded with the run into (key, value) lines; known metrics get their unit."""
     out = []
     for key, value in budgets.items():
+        name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            out += _budget_lines(value, f"{prefix}{key}.")
+            out += _budget_lines(value, f"{name}.")
+            continue
+        metric = next((m for m in name.split(".") if m in METRICS), None)
+        if metric is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            out.append((name, tables.fmt_limit(metric, float(value))))
         else:
-            out.append((f"{prefix}{key}", str(value)))
+            out.append((name, str(value)))
     return out
 
 

@@ -26,14 +26,27 @@ FAIL_MARK = "✗"
 
 # The seed article's method table ("多方案对比分析") and budgets: what stakeholders compare against.
 # size_change / speed_change are the article's relative claims (-0.40 = "↓ 40 %", +1.30 = "↑ 130 %").
-ARTICLE_SOURCE = "Sambert模型剪枝压缩:在边缘设备上运行的可能性 (2026-01-09)"
-ARTICLE_METHODS: Tuple[Tuple[str, str, float, float, str], ...] = (
-    # (variant, article's method name, size change, speed change, article's quality impact)
-    ("unstructured", "非结构化剪枝 (unstructured pruning)", -0.40, 0.15, "small"),
-    ("pruned", "结构化剪枝 (structured pruning)", -0.60, 1.30, "medium"),
-    ("quantized", "动态量化 (dynamic int8)", -0.65, 2.00, "small"),
-    ("distilled", "知识蒸馏 (distillation)", -0.50, 1.80, "small"),
-    ("pruned+quantized", "剪枝+量化 (pruned + int8)", -0.70, 2.20, "acceptable"),
+ARTICLE_TITLE = "Sambert model pruning and compression: can it run on edge devices?"
+ARTICLE_TITLE_ZH = "Sambert模型剪枝压缩:在边缘设备上运行的可能性"
+ARTICLE_DATE = "2026-01-09"
+
+
+@dataclass(frozen=True)
+class ArticleMethod:
+    variant: str
+    name: str
+    name_zh: str
+    size_change: float
+    speed_change: float
+    quality: str  # the article's "音质影响"
+
+
+ARTICLE_METHODS: Tuple[ArticleMethod, ...] = (
+    ArticleMethod("unstructured", "Unstructured pruning", "非结构化剪枝", -0.40, 0.15, "small"),
+    ArticleMethod("pruned", "Structured pruning", "结构化剪枝", -0.60, 1.30, "medium"),
+    ArticleMethod("quantized", "Dynamic int8 quantization", "动态量化", -0.65, 2.00, "small"),
+    ArticleMethod("distilled", "Knowledge distillation", "知识蒸馏", -0.50, 1.80, "small"),
+    ArticleMethod("pruned+quantized", "Pruning + int8", "剪枝+量化", -0.70, 2.20, "acceptable"),
 )
 ARTICLE_BUDGETS: Tuple[Tuple[str, str], ...] = (
     ("Model size", "≤ 100 MB (torch.save state_dict)"),
@@ -287,58 +300,67 @@ def headline_matrix(
 
 
 @dataclass(frozen=True)
-class ClaimRow:
-    variant: str
-    method: str
+class Measured:
+    """One device's measured change of a variant against original (short-sentence p90 for speed)."""
+
     device: str
-    claimed_size: str
-    measured_size: str
-    claimed_speed: str
-    measured_speed: str
-    quality: str
+    size: str
+    speed: str
     size_met: Optional[bool]
     speed_met: Optional[bool]
+
+
+@dataclass(frozen=True)
+class ClaimRow:
+    method: ArticleMethod
+    claimed_size: str
+    claimed_speed: str
+    measured: Tuple[Optional[Measured], ...]  # one per ``ClaimTable.devices``; None: not measured
+
+
+@dataclass(frozen=True)
+class ClaimTable:
+    devices: Tuple[str, ...]
+    rows: Tuple[ClaimRow, ...]
 
 
 def _change(x: Optional[float]) -> str:
     if x is None:
         return "—"
+    if round(x * 100) == 0:
+        return "± 0 %"
     arrow = "↓" if x < 0 else "↑"
     return f"{arrow} {abs(x) * 100:.0f} %"
 
 
-def article_claims(data: ReportData) -> Tuple[ClaimRow, ...]:
-    """The article's method table next to what this run measured (size and short-p90 speed vs original)."""
-    out = []
-    for device in data.device_names:
-        ref = data.result(device, REFERENCE_VARIANT)
-        if ref is None or not ref.ok:
-            continue
-        for variant, method, size_claim, speed_claim, quality in ARTICLE_METHODS:
-            r = data.result(device, variant)
-            if r is None or not r.ok:
-                continue
-            size_change = speed_change = None
-            if r.size_bytes and ref.size_bytes:
-                size_change = r.size_bytes / ref.size_bytes - 1.0
-            rp, op = r.value("latency_p90_s"), ref.value("latency_p90_s")
-            if rp and op:
-                speed_change = op / rp - 1.0
-            out.append(
-                ClaimRow(
-                    variant=variant,
-                    method=method,
-                    device=device,
-                    claimed_size=_change(size_claim),
-                    measured_size=_change(size_change),
-                    claimed_speed=_change(speed_claim),
-                    measured_speed=_change(speed_change),
-                    quality=quality,
-                    size_met=None if size_change is None else size_change <= size_claim,
-                    speed_met=None if speed_change is None else speed_change >= speed_claim,
-                )
-            )
-    return tuple(out)
+def _measured(data: ReportData, device: str, m: ArticleMethod) -> Optional[Measured]:
+    ref, r = data.result(device, REFERENCE_VARIANT), data.result(device, m.variant)
+    if ref is None or r is None or not ref.ok or not r.ok:
+        return None
+    size_change = speed_change = None
+    if r.size_bytes and ref.size_bytes:
+        size_change = r.size_bytes / ref.size_bytes - 1.0
+    rp, op = r.value("latency_p90_s"), ref.value("latency_p90_s")
+    if rp and op:
+        speed_change = op / rp - 1.0
+    return Measured(
+        device=device,
+        size=_change(size_change),
+        speed=_change(speed_change),
+        size_met=None if size_change is None else size_change <= m.size_change,
+        speed_met=None if speed_change is None else speed_change >= m.speed_change,
+    )
+
+
+def article_claims(data: ReportData) -> ClaimTable:
+    """The article's method table next to what this run measured on each device (vs original there)."""
+    rows = []
+    devices = tuple(d for d in data.device_names if (r := data.result(d, REFERENCE_VARIANT)) and r.ok)
+    for m in ARTICLE_METHODS:
+        measured = tuple(_measured(data, d, m) for d in devices)
+        if any(x is not None for x in measured):
+            rows.append(ClaimRow(m, _change(m.size_change), _change(m.speed_change), measured))
+    return ClaimTable(devices=devices, rows=tuple(rows))
 
 
 # ------------------------------------------------------------------------------------------------
