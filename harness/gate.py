@@ -131,20 +131,24 @@ def evaluate(
     baseline: str | None = None,
     *,
     device_classes: Mapping[str, str | None] | None = None,
-    save: bool = True,
+    save: bool = False,
     seed: int = 0,
 ) -> Verdict:
     """Judge a run: budget checks per (device, variant) and regressions against ``baseline``.
 
     ``budgets``: None uses the budgets stored with the run (the ones in force when it started).
-    ``device_classes``: device name -> budget class (from the inventory); otherwise the class is read
-    from the attempt's identity (``budget_class`` or ``class``). ``save`` stores the verdict in the store
-    (``store.verdict(run_id)``) so later runs can use this one as a baseline if it passed.
+    ``device_classes``: device name -> budget class; None reads ``budget_class`` from the inventory the
+    run's configuration names (an unreadable inventory is a warning), then from the attempt's identity.
+    ``save`` stores the verdict (``store.save_verdict``) so later runs can use this one as a baseline if
+    it passed (the run command saves it itself).
     """
     run = store.run(run_id)
     if budgets is None:
         budgets = _budgets_of_run(run)
-    device_classes = dict(device_classes or {})
+    early_warnings: list[str] = []
+    if device_classes is None:
+        device_classes = _classes_from_inventory(run, early_warnings)
+    device_classes = dict(device_classes)
     attempts = store.effective_attempts(run_id)
     summary = store.summary_df(run_id)
     header_df = store.attempts_df(run_id).set_index("attempt_id")
@@ -192,12 +196,26 @@ def evaluate(
     verdict = Verdict(
         run_id=run_id, outcome=outcomes[0], outcomes=outcomes, checks=checks,
         comparisons=regression.comparisons, unmeasured=unmeasured, ineligible=ineligible,
-        baselines=regression.baselines, warnings=regression.warnings, budgets=budgets.to_dict(),
+        baselines=regression.baselines, warnings=early_warnings + regression.warnings,
+        budgets=budgets.to_dict(),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     if save:
         store.save_verdict(run_id, verdict.to_dict())
     return verdict
+
+
+def _classes_from_inventory(run: Mapping[str, Any], warnings_out: list[str]) -> dict[str, str | None]:
+    from devices.errors import DevicesError
+    from devices.inventory import load_inventory
+
+    path = (run.get("config") or {}).get("inventory")
+    try:
+        inventory = load_inventory(path)
+    except DevicesError as exc:
+        warnings_out.append(f"device budget classes unknown (inventory: {exc}); class budgets not applied")
+        return {}
+    return {name: dev.budget_class for name, dev in inventory.devices.items()}
 
 
 def _budgets_of_run(run: Mapping[str, Any]) -> Budgets:

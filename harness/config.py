@@ -1,0 +1,252 @@
+"""``edgebench.toml``: what to build, where to measure it, how, and where results go.
+
+```toml
+version = 1                      # optional; the only version so far
+preset = "base"                  # reference model preset: tiny, base, large
+# model = "mypkg.tts:factory"    # or a user's model factory (see variants.plugin); preset is then ignored
+# [model_config]                 # ... with its configuration table
+variants = ["original", "pruned", "quantized", "pruned+quantized", "small"]
+devices = ["local", "tag:pi4"]   # names or tag:T from the inventory
+inventory = "devices.toml"       # default: ./devices.toml if present
+budgets = "budgets.toml"         # default: the built-in budgets (harness.budgets)
+store = ".edgebench/results.sqlite"   # default: the state directory's results.sqlite
+out_dir = "edgebench-out"        # reports go to <out_dir>/<run id>/
+seed = 0
+run_timeout_s = 21600            # the whole run (every device), seconds
+
+[protocol]                       # devices.protocol.Protocol fields
+processes = 3
+warmup = 2
+min_iters = 10
+min_seconds = 5.0
+max_iters = 200
+threads = 2
+timeout_s = 900
+sentences = ["short", "medium", "long"]
+
+[recipes.small]                  # custom variants: raw tables checked by variants.recipes.parse_recipe
+steps = [{step = "prune", heads = 0.5}, {step = "quantize"}]
+```
+
+Relative paths are relative to the directory of the file. Unknown keys and bad values raise ConfigError
+naming the file and the key; an invalid recipe raises RecipeError naming them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from devices.errors import DevicesError
+from devices.protocol import Protocol
+from harness.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CONFIG_VERSION = 1
+DEFAULT_CONFIG_NAME = "edgebench.toml"
+DEFAULT_PRESET = "base"
+DEFAULT_DEVICES = ("local",)
+DEFAULT_OUT_DIR = "edgebench-out"
+DEFAULT_RUN_TIMEOUT_S = 6 * 3600.0
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_PATH_KEYS = ("inventory", "budgets", "store", "out_dir")
+KEYS = ("version", "preset", "model", "model_config", "variants", "recipes", "devices", *_PATH_KEYS,
+        "seed", "run_timeout_s", "protocol")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration (immutable). ``recipes`` holds parsed ``variants.recipes.Recipe`` objects
+    (what ``variants.build.build_variants`` takes); ``recipe_tables`` the raw tables they came from."""
+
+    preset: str = DEFAULT_PRESET
+    model: str | None = None
+    model_config: Mapping[str, Any] | None = None
+    variants: tuple = ()
+    recipe_tables: Mapping[str, Any] = field(default_factory=dict)
+    recipes: Mapping[str, Any] = field(default_factory=dict)
+    devices: tuple = DEFAULT_DEVICES
+    inventory: Path | None = None
+    budgets: Path | None = None
+    store: Path | None = None
+    out_dir: Path = Path(DEFAULT_OUT_DIR)
+    seed: int = 0
+    run_timeout_s: float = DEFAULT_RUN_TIMEOUT_S
+    protocol: Protocol = field(default_factory=Protocol)
+    source: str = field(default="defaults", compare=False)
+
+    def to_dict(self) -> dict:
+        """JSON-able form (stored with each run); ``load_config(None, data=...)`` reads it back."""
+        proto = dataclasses.asdict(self.protocol)
+        proto["sentences"] = list(proto["sentences"])
+        d: dict[str, Any] = {
+            "version": CONFIG_VERSION, "preset": self.preset, "model": self.model,
+            "model_config": None if self.model_config is None else dict(self.model_config),
+            "variants": list(self.variants), "recipes": {k: v for k, v in self.recipe_tables.items()},
+            "devices": list(self.devices), "seed": self.seed, "run_timeout_s": self.run_timeout_s,
+            "protocol": proto,
+        }
+        for key in _PATH_KEYS:
+            value = getattr(self, key)
+            d[key] = None if value is None else str(value)
+        return {k: v for k, v in d.items() if v is not None}
+
+    def with_overrides(self, **overrides: Any) -> Config:
+        """A new Config with command-line overrides applied and validated (relative paths: to the cwd)."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            if key == "protocol" and isinstance(value, Protocol):
+                value = dataclasses.asdict(value)
+                value["sentences"] = list(value["sentences"])
+            elif key in _PATH_KEYS and value is not None:
+                value = str(Path(value).absolute())
+            elif key in ("variants", "devices") and value is not None:
+                value = list(value)
+            data[key] = value
+        return parse_config(data, f"{self.source} (with command-line options)", base_dir=Path.cwd())
+
+
+def default_config_path() -> Path:
+    return Path.cwd() / DEFAULT_CONFIG_NAME
+
+
+def load_config(
+    path: str | Path | None = None, *, data: Mapping[str, Any] | None = None, source: str | None = None
+) -> Config:
+    """Read and validate ``path`` (None: ./edgebench.toml if present, else the defaults), or ``data``."""
+    if data is not None:
+        return parse_config(data, source or "config", base_dir=Path.cwd())
+    if path is None:
+        candidate = default_config_path()
+        if not candidate.is_file():
+            return parse_config({}, "defaults", base_dir=Path.cwd())
+        path = candidate
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read configuration ({exc.strerror or exc})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, None, f"not valid TOML ({exc})") from exc
+    return parse_config(raw, source or str(path), base_dir=path.absolute().parent)
+
+
+def parse_config(data: Mapping[str, Any], source: str, base_dir: Path) -> Config:
+    for key in data:
+        if key not in KEYS:
+            raise ConfigError(source, key, f"unknown key; expected one of {', '.join(KEYS)}")
+    values: dict[str, Any] = {"source": source}
+    if "version" in data and (isinstance(data["version"], bool) or data["version"] != CONFIG_VERSION):
+        raise ConfigError(source, "version", f"unknown configuration version {data['version']!r}; this "
+                                             f"edgebench reads version {CONFIG_VERSION} (upgrade edgebench)")
+    preset = data.get("preset", DEFAULT_PRESET)
+    values["preset"] = _preset(source, preset)
+    model = data.get("model")
+    if model is not None:
+        if not isinstance(model, str) or not _FACTORY.match(model):
+            raise ConfigError(source, "model", "expected 'package.module:factory'")
+        values["model"] = model
+    model_config = data.get("model_config")
+    if model_config is not None:
+        if not isinstance(model_config, Mapping):
+            raise ConfigError(source, "model_config", "expected a table")
+        values["model_config"] = dict(model_config)
+    tables = data.get("recipes", {})
+    if not isinstance(tables, Mapping):
+        raise ConfigError(source, "recipes", "expected tables like [recipes.NAME]")
+    values["recipe_tables"] = dict(tables)
+    values["recipes"] = _recipes(source, tables)
+    variants = _str_list(source, "variants", data["variants"]) if "variants" in data else None
+    values["variants"] = tuple(variants if variants is not None else _default_variants())
+    _check_variants(source, values["variants"], values["recipes"])
+    values["devices"] = tuple(_str_list(source, "devices", data.get("devices", list(DEFAULT_DEVICES))))
+    for key in _PATH_KEYS:
+        if data.get(key) is not None:
+            if not isinstance(data[key], str) or not data[key].strip():
+                raise ConfigError(source, key, "expected a path (a non-empty string)")
+            p = Path(data[key]).expanduser()
+            values[key] = p if p.is_absolute() else base_dir / p
+    if "seed" in data:
+        seed = data["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(source, "seed", "expected an integer >= 0")
+        values["seed"] = seed
+    if "run_timeout_s" in data:
+        t = data["run_timeout_s"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise ConfigError(source, "run_timeout_s", "expected a number of seconds > 0")
+        values["run_timeout_s"] = float(t)
+    values["protocol"] = _protocol(source, data.get("protocol", {}))
+    return Config(**values)
+
+
+def _default_variants() -> tuple:
+    from variants.recipes import DEFAULT_VARIANTS
+
+    return tuple(DEFAULT_VARIANTS)
+
+
+def _preset(source: str, preset: Any) -> str:
+    if not isinstance(preset, str):
+        raise ConfigError(source, "preset", "expected a preset name (string)")
+    from variants.models.presets import PRESETS
+
+    if preset not in PRESETS:
+        raise ConfigError(source, "preset", f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    return preset
+
+
+def _str_list(source: str, key: str, value: Any) -> list[str]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(source, key, "expected a list of non-empty strings")
+    if not value:
+        raise ConfigError(source, key, "expected at least one entry")
+    return [v.strip() for v in value]
+
+
+def _recipes(source: str, tables: Mapping[str, Any]) -> dict:
+    from variants.recipes import parse_recipe
+
+    return {name: parse_recipe(table, f"{source}: recipes.{name}", name=name)
+            for name, table in tables.items()}
+
+
+def _check_variants(source: str, variants: tuple, recipes: Mapping[str, Any]) -> None:
+    from variants.recipes import BUILTIN_VARIANTS
+
+    known = set(BUILTIN_VARIANTS) | set(recipes)
+    for i, name in enumerate(variants):
+        if name not in known:
+            raise ConfigError(source, f"variants[{i}]",
+                              f"unknown variant {name!r}; known: {', '.join(sorted(known))} "
+                              "(define new ones under [recipes.NAME])")
+    if len(set(variants)) != len(variants):
+        raise ConfigError(source, "variants", "a variant is listed twice")
+
+
+def _protocol(source: str, table: Any) -> Protocol:
+    if not isinstance(table, Mapping):
+        raise ConfigError(source, "protocol", "expected a table")
+    names = {f.name for f in dataclasses.fields(Protocol)}
+    for key in table:
+        if key not in names:
+            raise ConfigError(source, f"protocol.{key}",
+                              f"unknown key; expected one of {', '.join(sorted(names))}")
+    values = dict(table)
+    if "sentences" in values:
+        values["sentences"] = tuple(_str_list(source, "protocol.sentences", values["sentences"]))
+    try:
+        return Protocol(**values)
+    except (DevicesError, TypeError, ValueError) as exc:
+        message = str(exc)
+        key = next((k for k in values if k in message), None)
+        raise ConfigError(source, f"protocol.{key}" if key else "protocol", message) from None
