@@ -227,6 +227,9 @@ def _check_protocol(proto: Any, path: str, expected: Protocol | None) -> dict:
         if not sentences or any(s not in LENGTH_CLASSES for s in sentences):
             raise _fail(f"{path}.sentences",
                         f"expected some of {list(LENGTH_CLASSES)}, got {_show(sentences)}")
+    ids = proto.get("sentence_ids")
+    if ids is not None and (not ids or not all(isinstance(i, str) and 0 < len(i) <= MAX_STRING for i in ids)):
+        raise _fail(f"{path}.sentence_ids", f"expected a list of sentence ids, got {_show(ids)}")
     if expected is not None:
         for key, want in expected.echoed().items():
             if key in proto and proto[key] != want:
@@ -235,7 +238,7 @@ def _check_protocol(proto: Any, path: str, expected: Protocol | None) -> dict:
     return proto
 
 
-def _check_sample(sample: Any, path: str, index: int, classes) -> dict:
+def _check_sample(sample: Any, path: str, index: int, classes, sentence_ids=None) -> dict:
     _check_object(sample, SAMPLE_FIELDS, path)
     if sample["iteration"] != index:
         raise _fail(f"{path}.iteration",
@@ -246,6 +249,8 @@ def _check_sample(sample: Any, path: str, index: int, classes) -> dict:
         raise _fail(f"{path}.emotion", f"{sample['emotion']!r} is not one of {list(EMOTIONS)}")
     if not sample["sentence_id"]:
         raise _fail(f"{path}.sentence_id", "empty")
+    if sentence_ids is not None and sample["sentence_id"] not in sentence_ids:
+        raise _fail(f"{path}.sentence_id", f"{sample['sentence_id']!r} was not asked for")
     _range(sample, "phones", path, 1, MAX_COUNT)
     _range(sample, "frames", path, 1, MAX_COUNT)
     _range(sample, "audio_s", path, 0.0, MAX_SECONDS, low_inclusive=False)
@@ -286,7 +291,7 @@ def _check_process(proc: Any, path: str, index: int, proto: dict) -> dict:
     if len(samples) > proto["max_iters"]:
         raise _fail(f"{path}.samples", f"{len(samples)} samples but max_iters is {proto['max_iters']}")
     for i, sample in enumerate(samples):
-        _check_sample(sample, f"{path}.samples[{i}]", i, classes)
+        _check_sample(sample, f"{path}.samples[{i}]", i, classes, proto.get("sentence_ids"))
     if proc["status"] == STATUS_OK:
         _check_ok_process(proc, path, proto)
     return proc

@@ -178,3 +178,37 @@ def test_protocol_arguments_parse_back_in_the_agent():
               "timeout_s": args.timeout, "sentences": args.sentences, "seed": args.seed}
     assert echoed == p.echoed()
     assert p.transport_timeout() > p.timeout_s
+
+
+# ------------------------------------------------------------------------------- the corpus schedule
+
+
+def test_plan_from_the_real_schedule_is_balanced_in_rounds():
+    from devices.agent.worker import in_rounds, make_plan
+    from variants import corpus
+    from variants.frontend import EMOTIONS
+
+    plan, block = make_plan(corpus, EMOTIONS, ["short", "long"], seed=3)
+    sentences = [s for s in corpus.default_corpus(seed=3) if s.length_class in ("short", "long")]
+    cycle = corpus.schedule(sentences, EMOTIONS, len(sentences) * len(EMOTIONS), 3)
+    assert sorted((s.id, e) for s, e in plan) == sorted((s.id, e) for s, e in cycle)  # same pairs
+    assert block == len(sentences)
+    for start in range(0, len(plan), block):
+        assert sorted(s.id for s, _ in plan[start:start + block]) == sorted(s.id for s in sentences)
+    assert make_plan(corpus, EMOTIONS, ["short", "long"], seed=3)[0] == plan          # seeded
+    assert make_plan(corpus, EMOTIONS, ["short", "long"], seed=4)[0] != plan
+    assert in_rounds(cycle[:5]) == cycle[:5]   # not a whole cycle: left alone
+
+
+def test_plan_narrowed_to_sentence_ids():
+    from devices.agent.worker import WorkerError, make_plan
+    from variants import corpus
+    from variants.frontend import EMOTIONS
+
+    plan, block = make_plan(corpus, EMOTIONS, ["short"], 0, sentence_ids=["short-01"])
+    assert {s.id for s, _ in plan} == {"short-01"} and sorted(e for _, e in plan) == sorted(EMOTIONS)
+    assert block == 1
+    with pytest.raises(WorkerError, match="unknown corpus sentence id"):
+        make_plan(corpus, EMOTIONS, ["short"], 0, sentence_ids=["short-99"])
+    with pytest.raises(WorkerError, match="no corpus sentence in the length classes long"):
+        make_plan(corpus, EMOTIONS, ["long"], 0, sentence_ids=["short-01"])

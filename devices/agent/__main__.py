@@ -52,6 +52,13 @@ def _classes(text: str) -> list:
     return classes
 
 
+def _ids(text: str) -> list:
+    ids = [i.strip() for i in text.split(",") if i.strip()]
+    if not ids:
+        raise argparse.ArgumentTypeError("expected sentence ids like short-01,medium-02")
+    return ids
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgebench-agent", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -67,6 +74,8 @@ def make_parser() -> argparse.ArgumentParser:
     m.add_argument("--timeout", type=_non_negative_float, default=900.0, help="seconds for all processes")
     m.add_argument("--sentences", type=_classes, default=list(LENGTH_CLASSES))
     m.add_argument("--seed", type=_non_negative_int, default=0)
+    m.add_argument("--sentence-ids", type=_ids, default=None,
+                   help="only these corpus sentences, e.g. short-01 (default: all of --sentences)")
     m.add_argument("--hot-limit", type=_non_negative_float, default=80.0, help="degrees C")
     m.add_argument("--work-dir", default=None, help="where the device lock lives (default: from --artifact)")
     m.add_argument("--poll-interval", type=_non_negative_float, default=supervisor.POLL_INTERVAL_S,
@@ -96,6 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 min_iters=args.min_iters, min_seconds=args.min_seconds, max_iters=args.max_iters,
                 threads=args.threads, timeout_s=args.timeout, sentences=args.sentences, seed=args.seed,
                 hot_limit_c=args.hot_limit, work_dir=args.work_dir, poll_interval=args.poll_interval,
+                sentence_ids=args.sentence_ids,
             )
             code = 0 if doc["status"] == STATUS_OK else 1
     finally:

@@ -72,6 +72,7 @@ PROTOCOL_FIELDS = (
     Field("timeout_s", "float", False, "overall timeout of the agent's measurement", False),
     Field("sentences", "list", False, "length classes of the corpus measured", False),
     Field("seed", "int", False, "seed of the corpus schedule", False),
+    Field("sentence_ids", "list", True, "only these corpus sentences (null: all of the classes)", False),
 )
 
 PHASE_FIELDS = (

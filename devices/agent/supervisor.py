@@ -190,6 +190,8 @@ def worker_argv(args: dict, deadline_s: float) -> List[str]:
             "--deadline-s", repr(float(deadline_s))]  # fmt: skip
     if args.get("threads"):
         argv += ["--threads", str(args["threads"])]
+    if args.get("sentence_ids"):
+        argv += ["--sentence-ids", ",".join(args["sentence_ids"])]
     return argv
 
 
@@ -317,6 +319,7 @@ def measure(artifact: str, variant: str, processes: int = 3, warmup: int = 2, mi
             min_seconds: float = 5.0, max_iters: int = 200, threads: Optional[int] = None,
             timeout_s: float = 900.0, sentences: Sequence[str] = ("short", "medium", "long"), seed: int = 0,
             hot_limit_c: float = 80.0, work_dir: Optional[str] = None,
+            sentence_ids: Optional[Sequence[str]] = None,
             poll_interval: float = POLL_INTERVAL_S, log: Optional[Callable[[str], None]] = None) -> dict:
     """Measure one variant in ``processes`` fresh worker processes; returns the record (never raises
     for a device-side failure: the record's status and error say what happened)."""
@@ -326,13 +329,15 @@ def measure(artifact: str, variant: str, processes: int = 3, warmup: int = 2, mi
     artifact = os.path.abspath(os.path.expanduser(artifact))
     work_dir = os.path.abspath(os.path.expanduser(work_dir)) if work_dir else default_work_dir(artifact)
     args = {"artifact": artifact, "warmup": warmup, "min_iters": min_iters, "min_seconds": min_seconds,
-            "max_iters": max_iters, "threads": threads, "sentences": list(sentences), "seed": seed}
+            "max_iters": max_iters, "threads": threads, "sentences": list(sentences), "seed": seed,
+            "sentence_ids": list(sentence_ids) if sentence_ids else None}
     record = {
         "format": RECORD_FORMAT, "version": RECORD_VERSION, "status": STATUS_FAILED, "error": None,
         "variant": variant, "artifact": None, "agent_version": AGENT_VERSION,
         "protocol": {"processes": processes, "warmup": warmup, "min_iters": min_iters,
                      "min_seconds": float(min_seconds), "max_iters": max_iters, "threads": threads,
-                     "timeout_s": float(timeout_s), "sentences": list(sentences), "seed": seed},
+                     "timeout_s": float(timeout_s), "sentences": list(sentences), "seed": seed,
+                     "sentence_ids": args["sentence_ids"]},
         "hot_limit_c": float(hot_limit_c),
         "facts_before": facts_mod.collect(), "facts_after": None, "throttled": False, "hot": False,
         "processes": [],

@@ -111,10 +111,18 @@ def in_rounds(cycle: Sequence[tuple]) -> List[tuple]:
     return plan
 
 
-def make_plan(corpus_module, emotions: Sequence[str], classes: Sequence[str], seed: int):
+def make_plan(corpus_module, emotions: Sequence[str], classes: Sequence[str], seed: int,
+              sentence_ids: Optional[Sequence[str]] = None):
     """The steady state's plan: one full cycle of ``corpus.schedule`` over the requested classes x
-    emotions (seeded), arranged in rounds; and the stop granularity that keeps it balanced."""
-    sentences = [s for s in corpus_module.default_corpus(seed=seed) if s.length_class in classes]
+    emotions (seeded), arranged in rounds; and the stop granularity that keeps it balanced.
+    ``sentence_ids`` narrows the corpus to those sentences (e.g. to compare one sentence elsewhere)."""
+    corpus = corpus_module.default_corpus(seed=seed)
+    if sentence_ids:
+        unknown = sorted(set(sentence_ids) - {s.id for s in corpus})
+        if unknown:
+            raise WorkerError("unknown corpus sentence id(s): " + ", ".join(unknown))
+        corpus = [s for s in corpus if s.id in sentence_ids]
+    sentences = [s for s in corpus if s.length_class in classes]
     if not sentences:
         raise WorkerError("no corpus sentence in the length classes " + ",".join(classes))
     cycle = list(corpus_module.schedule(sentences, emotions, len(sentences) * len(emotions), seed))
@@ -200,7 +208,8 @@ def run(args, started: float, phases: dict, clock: Callable[[], float] = time.pe
     acoustic.eval()
     vocoder.eval()
 
-    plan, block = make_plan(corpus, frontend.EMOTIONS, args.sentences.split(","), args.seed)
+    ids = args.sentence_ids.split(",") if args.sentence_ids else None
+    plan, block = make_plan(corpus, frontend.EMOTIONS, args.sentences.split(","), args.seed, ids)
     synth = Synthesizer(frontend, acoustic, vocoder, clock)
     rule = StopRule(args.min_iters, args.min_seconds, args.max_iters, block, deadline)
     with torch.inference_mode():
@@ -228,6 +237,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--sentences", default="short,medium,long")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sentence-ids", default=None)
     p.add_argument("--deadline-s", type=float, default=None,
                    help="stop iterating this many seconds after the process started")
     return p.parse_args(argv)
