@@ -9,7 +9,9 @@ from sshfarm import FarmDevice, SSHFarm, sshd_available
 @pytest.fixture
 def ssh_farm(tmp_path):
     """Three real sshd on loopback: ``good-1`` and ``good-2`` (trusted), ``untrusted`` (host key not in
-    the farm's known_hosts). ``farm.unreachable_device()`` gives a port where nothing listens;
+    the farm's known_hosts; that file is ``farm.state_dir / "known_hosts"``, so EDGEBENCH_HOME=farm.state_dir
+    works for the CLI, and ``farm.write_inventory(path)`` writes a devices.toml).
+    ``farm.unreachable_device()`` gives a port where nothing listens;
     ``farm.kill(name)`` / ``farm.restart(name)`` take one down and bring it back."""
     if not sshd_available():
         pytest.skip("needs OpenSSH sshd and ssh-keygen")

@@ -179,18 +179,47 @@ def test_connect_retries_are_bounded(ssh_farm):
 
 
 @pytest.mark.ssh
-def test_killed_device_mid_command_is_a_transport_error(ssh_device):
+def test_killed_device_mid_command_is_a_transport_error_and_not_retried(ssh_device, tmp_path):
     t = ssh_device.transport()
     t.run(["true"], timeout=10)
     killer = threading.Timer(0.5, ssh_device.kill)
     killer.start()
     start = time.monotonic()
+    runs = tmp_path / "runs.txt"
     with pytest.raises(TransportError, match="connection lost|timed out"):
-        t.run(["sleep", "20"], timeout=15)
+        t.run(["sh", "-c", 'echo started >> "$1"; sleep 20', "sh", str(runs)], timeout=15)
     assert time.monotonic() - start < 10
     killer.join()
     ssh_device.restart()
     assert t.run(["echo", "back"], timeout=20).stdout == "back\n"    # reconnects on next use
+    t.close()
+    assert runs.read_text() == "started\n"                           # commands are never retried
+
+
+@pytest.mark.ssh
+def test_transfer_is_retried_inside_its_timeout(ssh_device, tmp_path, monkeypatch):
+    import paramiko
+
+    real_open_sftp = paramiko.SSHClient.open_sftp
+    failures = []
+
+    def flaky_open_sftp(self):
+        if not failures:
+            failures.append(1)
+            raise EOFError("link dropped")
+        return real_open_sftp(self)
+
+    monkeypatch.setattr(paramiko.SSHClient, "open_sftp", flaky_open_sftp)
+    sleeps = []
+    t = SSHTransport(ssh_device.device, ssh_device.known_hosts, sleep=sleeps.append)
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"x" * 1000)
+    assert t.put(src, ssh_device.device.work_dir + "/f.bin", timeout=20) == 1000
+    assert failures == [1] and sleeps == [0.25]
+    failures.clear()
+    monkeypatch.setattr(paramiko.SSHClient, "open_sftp", lambda self: (_ for _ in ()).throw(EOFError("down")))
+    with pytest.raises(TransportError, match=r"sending f.bin .* failed: down \(after 3 attempt\(s\)"):
+        t.put(src, ssh_device.device.work_dir + "/g.bin", timeout=20)
     t.close()
 
 
