@@ -54,7 +54,7 @@ FINALS = (
     "a", "o", "e", "ai", "ei", "ao", "ou", "an", "en", "ang", "eng", "ong", "er",
     "i", "ia", "ie", "iao", "iu", "ian", "in", "iang", "ing", "iong",
     "u", "ua", "uo", "uai", "ui", "uan", "un", "uang", "ue", "v", "ve",
-    "m", "n", "ng", "ê",
+    "m_syl", "n_syl", "ng", "ê",
 )  # fmt: skip
 LETTERS = tuple("EN_" + chr(c) for c in range(ord("A"), ord("Z") + 1))
 _USED = SPECIALS + INITIALS + FINALS + LETTERS
@@ -188,10 +188,10 @@ def _split_syllable(pinyin: str) -> Tuple[List[str], int]:
         tone = int(pinyin[-1]) or 5
         pinyin = pinyin[:-1]
     pinyin = pinyin.replace("ü", "v")
-    if pinyin in _SYLLABIC:
-        if pinyin.startswith("h") and len(pinyin) > 1:
-            return ["h", pinyin[1:]], tone
-        return [pinyin], tone
+    if pinyin in _SYLLABIC:  # syllabic nasals (嗯 n, 呣 m, 哼 hng): m/n finals are not the initials m/n
+        final = pinyin[1:] if pinyin.startswith("h") else pinyin
+        final = final + "_syl" if final in ("m", "n") else final
+        return (["h", final] if pinyin.startswith("h") else [final]), tone
     for initial in _INITIALS_BY_LENGTH:
         if pinyin.startswith(initial) and len(pinyin) > len(initial):
             return [initial, pinyin[len(initial) :]], tone
