@@ -250,3 +250,28 @@ def _protocol(source: str, table: Any) -> Protocol:
         message = str(exc)
         key = next((k for k in values if k in message), None)
         raise ConfigError(source, f"protocol.{key}" if key else "protocol", message) from None
+
+
+def resolve_store_path(store: str | Path | None = None, config: str | Path | None = None) -> Path:
+    """The results store a command uses: ``--store``, else the configuration's ``store`` (``--config`` or
+    ./edgebench.toml when present), else the state directory's ``results.sqlite``."""
+    from harness import paths
+
+    if store is not None:
+        return Path(store)
+    if config is not None or default_config_path().is_file():
+        cfg = load_config(config)
+        if cfg.store is not None:
+            return cfg.store
+    return paths.results_db_path()
+
+
+def open_existing_store(store: str | Path | None = None, config: str | Path | None = None):
+    """``Store`` on the resolved path; UserError if there is no store file there yet."""
+    from harness.errors import UserError
+    from harness.store import Store
+
+    path = resolve_store_path(store, config)
+    if not path.is_file():
+        raise UserError(f"{path}: no results store here; run `edgebench run` first or pass --store")
+    return Store(path)

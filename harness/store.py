@@ -711,3 +711,20 @@ def _artifact_metrics(artifact: Mapping[str, Any] | None, mos: Mapping[str, Any]
         "mos": (mos or {}).get("mos"), "mos_n": (mos or {}).get("n"),
         "content_hash": (artifact or {}).get("content_hash"),
     }
+
+
+def json_records(df: pd.DataFrame) -> list[dict]:
+    """DataFrame rows as plain JSON-able dicts (NaN/NA -> None, numpy scalars -> Python)."""
+    out = []
+    for row in df.to_dict(orient="records"):
+        clean = {}
+        for k, v in row.items():
+            if isinstance(v, np.generic):
+                v = v.item()
+            if isinstance(v, float) and math.isnan(v):
+                v = None
+            elif v is pd.NA or v is pd.NaT:
+                v = None
+            clean[str(k)] = v
+        out.append(clean)
+    return out
