@@ -458,8 +458,8 @@ class SSHTransport(Transport):
                 sftp.posix_rename(tmp, target)
                 sftp.close()
                 return size
-            except HostKeyError:
-                raise
+            except TransportError:
+                raise   # connecting has its own retries inside the connect timeout
             except OSError as exc:
                 if sftp is not None:
                     try:
@@ -473,8 +473,6 @@ class SSHTransport(Transport):
                 last = str(exc) or type(exc).__name__
             except (paramiko.SSHException, EOFError) as exc:
                 last = str(exc) or type(exc).__name__
-            except TransportError as exc:
-                last = str(exc)
             self.close()
             pause = min(backoff, deadline - self._clock())
             if attempt > TRANSFER_RETRIES or pause <= 0:
