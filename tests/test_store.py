@@ -1,0 +1,311 @@
+"""harness.store on real SQLite files: schema and migrations, transactions, crash safety, DataFrames."""
+
+from __future__ import annotations
+
+import math
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from records import make_identity, make_manifest, make_record
+
+from harness import stats
+from harness import store as store_mod
+from harness.budgets import default_budgets
+from harness.errors import UserError
+from harness.store import SAMPLE_COLUMNS, SCHEMA_VERSION, Store, StoreError
+
+TESTS_DIR = Path(__file__).parent
+
+
+def new_run(st: Store, variants=("original", "pruned"), devices=("pi4-a",), **kw) -> str:
+    return st.start_run({"preset": "tiny"}, default_budgets().to_dict(), "test", "tiny", list(variants),
+                        list(devices), **kw)
+
+
+@pytest.fixture
+def st(tmp_path):
+    with Store(tmp_path / "state" / "results.sqlite") as s:
+        yield s
+
+
+def test_new_file_has_current_schema_wal_and_foreign_keys(st):
+    assert st.schema_version() == SCHEMA_VERSION == 1
+    assert st._query("PRAGMA journal_mode")[0][0] == "wal"
+    assert st._query("PRAGMA foreign_keys")[0][0] == 1
+    tables = {r[0] for r in st._query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    expected = {"schema_version", "runs", "artifacts", "attempts", "samples", "facts", "mos", "verdicts"}
+    assert expected <= tables
+
+
+def test_reopening_keeps_data(tmp_path):
+    path = tmp_path / "r.sqlite"
+    with Store(path) as s:
+        rid = new_run(s)
+    with Store(path) as s:
+        assert s.run(rid)["variants"] == ["original", "pruned"]
+        assert s.schema_version() == SCHEMA_VERSION
+
+
+def test_newer_schema_is_refused_with_a_fix(tmp_path):
+    path = tmp_path / "r.sqlite"
+    Store(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE schema_version SET version = 99")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError) as err:
+        Store(path)
+    assert isinstance(err.value, UserError)
+    msg = str(err.value)
+    assert "99" in msg and "upgrade edgebench" in msg and "--store" in msg
+
+
+def test_foreign_sqlite_file_is_refused(tmp_path):
+    path = tmp_path / "other.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="not an edgebench store"):
+        Store(path)
+
+
+def test_not_sqlite_at_all_is_a_user_error(tmp_path):
+    path = tmp_path / "junk.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError):
+        Store(path)
+
+
+def test_migrations_run_in_order_and_roll_back_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "r.sqlite"
+    with Store(path) as s:
+        rid = new_run(s)
+
+    def to_2(conn):
+        conn.execute("ALTER TABLE runs ADD COLUMN note TEXT")
+
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 2)
+    monkeypatch.setitem(store_mod.MIGRATIONS, 1, to_2)
+    with Store(path) as s:
+        assert s.schema_version() == 2
+        assert s.run(rid)["run_id"] == rid
+        assert "note" in {r[1] for r in s._query("PRAGMA table_info(runs)")}
+
+    def broken_to_3(conn):
+        conn.execute("ALTER TABLE runs ADD COLUMN other TEXT")
+        raise RuntimeError("migration bug")
+
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 3)
+    monkeypatch.setitem(store_mod.MIGRATIONS, 2, broken_to_3)
+    with pytest.raises(RuntimeError):
+        Store(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == 2
+    assert "other" not in {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+    conn.close()
+
+
+def test_run_lifecycle_and_missing_pairs(st):
+    rid = new_run(st, variants=("original", "pruned"), devices=("pi4-a", "pi4-b"))
+    assert st.run(rid)["status"] == "running"
+    assert st.missing_pairs(rid) == [("pi4-a", "original"), ("pi4-a", "pruned"), ("pi4-b", "original"),
+                                     ("pi4-b", "pruned")]
+    st.record_attempt(rid, "pi4-a", make_identity("pi4-a"), "original", "ok", None, make_record())
+    st.record_attempt(rid, "pi4-b", make_identity("pi4-b"), "original", "unreachable", "refused", None)
+    st.record_attempt(rid, "pi4-a", make_identity("pi4-a"), "pruned", "failed", "crash",
+                      make_record("pruned", status="failed", error="crash"))
+    assert st.missing_pairs(rid) == [("pi4-a", "pruned"), ("pi4-b", "original"), ("pi4-b", "pruned")]
+    st.finish_run(rid, "incomplete")
+    run = st.run(rid)
+    assert run["status"] == "incomplete" and run["ended_at"]
+    assert run["budgets"]["version"] == 1 and run["config"] == {"preset": "tiny"}
+    assert len(run["config_hash"]) == 64
+    with pytest.raises(ValueError):
+        st.finish_run(rid, "bogus")
+    with pytest.raises(StoreError):
+        st.run("nope")
+
+
+def test_bad_attempt_status_is_rejected(st):
+    rid = new_run(st)
+    with pytest.raises(ValueError):
+        st.record_attempt(rid, "pi4-a", make_identity(), "original", "weird", None, None)
+
+
+def test_a_failed_write_leaves_nothing_behind(st):
+    rid = new_run(st)
+    record = make_record(samples_per_class=6)
+    record["processes"][1]["samples"][2]["total_s"] = None  # NOT NULL violated mid-insert
+    with pytest.raises(sqlite3.IntegrityError):
+        st.record_attempt(rid, "pi4-a", make_identity(), "original", "ok", None, record)
+    assert st.attempts_df(rid).empty
+    assert st._query("SELECT COUNT(*) FROM samples")[0][0] == 0
+    assert st._query("SELECT COUNT(*) FROM facts")[0][0] == 0
+
+
+def test_attempt_on_unknown_run_violates_foreign_key(st):
+    with pytest.raises(sqlite3.IntegrityError):
+        st.record_attempt("no-such-run", "pi4-a", make_identity(), "original", "ok", None, make_record())
+
+
+def test_samples_df_and_the_effective_attempt(st):
+    rid = new_run(st)
+    st.record_attempt(rid, "pi4-a", make_identity(), "original", "failed", "boom",
+                      make_record(status="failed", error="boom", samples_per_class=3, seed=1))
+    st.record_attempt(rid, "pi4-a", make_identity(), "original", "ok", None, make_record(samples_per_class=9))
+    df = st.samples_df(rid)
+    assert list(df.columns[: len(SAMPLE_COLUMNS)]) == list(SAMPLE_COLUMNS)
+    assert len(df) == 27 and df["attempt_id"].nunique() == 1
+    assert set(df["process"]) == {0, 1, 2}
+    assert len(st.samples_df(rid, all_attempts=True)) == 27 + 9
+    attempts = st.attempts_df(rid)
+    assert list(attempts["status"]) == ["failed", "ok"]
+    assert attempts.iloc[1]["n_samples"] == 27 and attempts.iloc[1]["peak_rss_bytes"] == 312_000_000
+
+
+def test_summary_df_statistics(st):
+    rid = new_run(st)
+    st.record_artifact(rid, "original", "/artifacts/original", make_manifest("original"))
+    record = make_record(samples_per_class=30)
+    st.record_attempt(rid, "pi4-a", make_identity(), "original", "ok", None, record)
+    st.import_mos([{"variant": "original", "mos": 4.0, "n_listeners": 12, "source": "t"},
+                   {"variant": "original", "mos": 4.2, "n_listeners": 20, "source": "t2"}])
+    summary = st.summary_df(rid)
+    assert list(summary["length_class"]) == ["short", "medium", "long"]
+    short = summary.iloc[0]
+    totals = [s["total_s"] for p in record["processes"] for s in p["samples"] if s["length_class"] == "short"]
+    audio = [s["audio_s"] for p in record["processes"] for s in p["samples"] if s["length_class"] == "short"]
+    assert short["n"] == len(totals) == 30
+    assert short["p90"] == stats.percentile(totals, 90)
+    assert short["p90_ms"] == pytest.approx(short["p90"] * 1e3)
+    assert short["rtf"] == pytest.approx(sum(totals) / sum(audio))
+    assert short["peak_rss_bytes"] == 312_000_000
+    assert short["size_acoustic_bytes"] == 48_500_000 and short["emotion_id_accuracy"] == 0.95
+    assert short["mos"] == 4.2 and short["mos_n"] == 20
+    assert short["first_inference_s"] == 0.8 and not short["throttled"]
+
+
+def test_identities_are_never_pooled(st):
+    rid = new_run(st, variants=("original",), devices=("pi4-a",))
+    st.record_attempt(rid, "pi4-a", make_identity("pi4-a", fingerprint="aaaaaaaaaaaa"), "original", "ok",
+                      None, make_record(samples_per_class=6))
+    rid2 = new_run(st, variants=("original",), devices=("pi4-a",))
+    st.record_attempt(rid2, "pi4-a", make_identity("pi4-a", fingerprint="bbbbbbbbbbbb"), "original", "ok",
+                      None, make_record(samples_per_class=6))
+    st.save_verdict(rid, {"outcome": "no_baseline", "exit_code": 0})
+    assert st.baseline_run_id(rid2, "bbbbbbbbbbbb") is None
+    assert st.baseline_run_id(rid2, "aaaaaaaaaaaa") == rid
+    hist = st.history_df(device="pi4-a")
+    assert set(hist["device_identity"]) == {"aaaaaaaaaaaa", "bbbbbbbbbbbb"}
+    assert [i["fingerprint"] for i in st.identities_of("pi4-a")] == ["aaaaaaaaaaaa", "bbbbbbbbbbbb"]
+
+
+def test_baseline_is_the_last_passing_earlier_run(st):
+    ids = []
+    for i, outcome in enumerate(("pass", "regressed", "pass", None)):
+        rid = new_run(st, run_id=f"2026112{i}-000000-0000", started_at=f"2026-11-2{i}T00:00:00+00:00")
+        record = make_record(samples_per_class=3)
+        st.record_attempt(rid, "pi4-a", make_identity(), "original", "ok", None, record)
+        if outcome:
+            st.save_verdict(rid, {"outcome": outcome, "exit_code": 0 if outcome == "pass" else 1})
+        ids.append(rid)
+    fp = make_identity()["fingerprint"]
+    assert st.baseline_run_id(ids[3], fp) == ids[2]
+    assert st.baseline_run_id(ids[2], fp) == ids[0]
+    assert st.baseline_run_id(ids[0], fp) is None
+    assert st.verdict(ids[1])["outcome"] == "regressed" and st.verdict(ids[3]) is None
+    runs = st.runs_df()
+    assert list(runs["run_id"]) == ids[::-1]
+    assert list(runs["outcome"].fillna("-")) == ["-", "pass", "regressed", "pass"]
+
+
+def test_facts_one_row_per_process_and_phase(st):
+    rid = new_run(st)
+    st.record_attempt(rid, "pi4-a", make_identity(), "original", "ok", None, make_record(processes=2))
+    facts = st.facts(rid)
+    assert len(facts) == 2 + 2 * 2
+    assert set(facts["process"]) == {-1, 0, 1}
+    after = facts[(facts["process"] == 0) & (facts["phase"] == "after")].iloc[0]
+    assert after["temp_c"] == 55.0 and after["cpu_model"] == "Cortex-A72"
+    header = st.effective_attempts(rid)[("pi4-a", "original")]["header"]
+    assert "samples" not in header["processes"][0] and "facts_before" not in header
+    assert header["processes"][0]["phases"]["first_inference_s"] == 0.8
+
+
+def test_mos_import_is_all_or_nothing(st):
+    with pytest.raises((TypeError, ValueError)):
+        st.import_mos([{"variant": "a", "mos": 4.0}, {"variant": "b", "mos": None}])
+    assert st.mos_df().empty
+    assert st.import_mos([{"variant": "a", "mos": 4.0}]) == 1
+    assert st.latest_mos()["a"]["mos"] == 4.0
+
+
+def test_artifact_is_replaced_on_resume(st):
+    rid = new_run(st)
+    st.record_artifact(rid, "original", "/a", make_manifest("original"))
+    st.record_artifact(rid, "original", "/b", make_manifest("original", acoustic_bytes=1))
+    arts = st.artifacts(rid)
+    assert arts["original"]["path"] == "/b" and arts["original"]["manifest"]["sizes"]["acoustic"] == 1
+
+
+def test_empty_run_gives_empty_frames_with_columns(st):
+    rid = new_run(st)
+    assert st.samples_df(rid).empty and "total_s" in st.samples_df(rid).columns
+    assert st.summary_df(rid).empty and "p90" in st.summary_df(rid).columns
+    assert st.facts(rid).empty
+
+
+def test_json_records_turns_nan_into_none():
+    import pandas as pd
+
+    rows = store_mod.json_records(pd.DataFrame({"a": [1.0, math.nan], "b": [np.int64(3), np.int64(4)]}))
+    assert rows == [{"a": 1.0, "b": 3}, {"a": None, "b": 4}]
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    from records import make_identity, make_record
+    from harness.store import Store
+    st = Store({path!r})
+    rid = st.start_run({{}}, {{}}, "test", "tiny", ["original", "pruned"], ["pi4-a"], run_id="run-1")
+    st.record_attempt(rid, "pi4-a", make_identity(), "original", "ok", None, make_record(samples_per_class=9))
+    print("committed", flush=True)
+    with st._tx() as conn:
+        conn.execute("INSERT INTO attempts (run_id, device, identity_json, variant, status, started_at,"
+                     " ended_at) VALUES ('run-1', 'pi4-a', '{{}}', 'pruned', 'ok', 'x', 'x')")
+        print("in transaction", flush=True)
+        time.sleep(60)
+    """
+)
+
+
+def test_sigkill_mid_run_loses_nothing_committed(tmp_path):
+    path = tmp_path / "results.sqlite"
+    script = CHILD.format(tests=str(TESTS_DIR), path=str(path))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "committed"
+        assert proc.stdout.readline().strip() == "in transaction"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    with Store(path) as st:
+        assert st._query("PRAGMA integrity_check")[0][0] == "ok"
+        attempts = st.attempts_df("run-1")
+        assert list(attempts["variant"]) == ["original"]
+        assert len(st.samples_df("run-1")) == 27
+        assert st.missing_pairs("run-1") == [("pi4-a", "pruned")]
+        assert st.run("run-1")["status"] == "running"
