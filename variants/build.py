@@ -1,0 +1,355 @@
+"""Build variants: original model -> recipe steps -> artifact directories (through the build cache).
+
+``build_variants`` validates every requested recipe against the model configuration first (RecipeError
+before any work), then materialises each recipe prefix once: the artifact of ``[prune]`` is the parent of
+``[prune, quantize]``, and every prefix is a build-cache entry keyed by (model, recipe prefix, seed, code
+version). Finished artifacts are copied from the cache into ``out/<variant dir>``. Quality proxies
+(variants.quality) and the listening samples (``samples/<emotion>.wav``) are computed once per cache entry.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from variants import artifact as art
+from variants.cache import BuildCache, cache_key, code_version
+from variants.errors import VariantsError
+from variants.recipes import BUILTIN_VARIANTS, DEFAULT_VARIANTS, Recipe, Step, check_recipe, resolve_variants
+
+SAMPLE_RATE = 16000
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuiltVariant:
+    name: str
+    path: Path
+    manifest: Dict[str, Any]
+    cached: bool
+
+
+@dataclass
+class _Node:
+    """One materialised recipe prefix: its cache entry and (when built or loaded here) its models."""
+
+    key: str
+    path: Path
+    cached: bool
+    model: Dict[str, Any]  # config.json "model" section
+    transforms: List[Dict[str, Any]]
+    acoustic: Optional[nn.Module] = None
+    vocoder: Optional[nn.Module] = None
+
+    def models(self) -> Tuple[nn.Module, nn.Module]:
+        if self.acoustic is None or self.vocoder is None:
+            loaded = art.load_artifact(self.path)
+            self.acoustic, self.vocoder = loaded.acoustic, loaded.vocoder
+        return self.acoustic, self.vocoder
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+class _Builder:
+    def __init__(
+        self,
+        model: Dict[str, Any],
+        preset: Optional[str],
+        seed: int,
+        cache: BuildCache,
+        quality: bool,
+        progress: Progress,
+        quality_sentences: int = 2,
+    ) -> None:
+        self.model = model
+        self.preset = preset
+        self.seed = seed
+        self.cache = cache
+        self.quality = quality
+        self.quality_sentences = quality_sentences
+        self.progress = progress
+        self.code = code_version()
+        self.nodes: Dict[str, _Node] = {}
+        self._reference = None
+        self._calibration = None
+
+    # -------------------------------------------------------------------------------- model factory
+    def build_pair(self, model: Mapping[str, Any]) -> Tuple[nn.Module, nn.Module]:
+        from variants.plugin import build_models
+
+        return build_models(model["factory"], model["config"], self.seed)
+
+    def build_acoustic_for(self, factory: str) -> Callable[[Dict], nn.Module]:
+        def build(cfg: Dict) -> nn.Module:
+            return art.build_structure({"factory": factory, "config": cfg}, "acoustic", seed=self.seed)
+
+        return build
+
+    # -------------------------------------------------------------------------------- inputs
+    def calibration(self, n: int) -> List[Dict[str, torch.Tensor]]:
+        from variants.corpus import default_corpus
+        from variants.frontend import EMOTIONS, text_to_ids
+
+        corpus = [s for s in default_corpus(seed=0) if s.length_class in ("short", "medium")]
+        return [
+            text_to_ids(corpus[i % len(corpus)].text, emotion=EMOTIONS[i % len(EMOTIONS)]).to_tensors()
+            for i in range(n)
+        ]
+
+    def reference(self):
+        if self._reference is None:
+            from variants.quality import build_reference, evaluation_sentences
+
+            self.progress("quality: running the original on the evaluation set")
+            sentences = evaluation_sentences(self.quality_sentences)
+            self._reference = build_reference(self.root().models()[0], sentences)
+        return self._reference
+
+    # -------------------------------------------------------------------------------- nodes
+    def root(self) -> _Node:
+        return self.node(())
+
+    def node(self, steps: Tuple[Step, ...], name: str = "original") -> _Node:
+        """The artifact of a recipe prefix: from this build, from the cache, or built now (parents first)."""
+        recipe_list = [s.to_dict() for s in steps]
+        key = cache_key(self.model, recipe_list, self.seed, self.code)
+        if key in self.nodes:
+            return self.nodes[key]
+        hit = self.cache.lookup(key)
+        if hit is not None:
+            config = art.read_config(hit)
+            node = _Node(key, hit, True, config["model"], config["transforms"])
+            self.nodes[key] = node
+            return node
+        parent = self.node(steps[:-1], _prefix_name(steps[:-1], name)) if steps else None
+        started = time.perf_counter()
+        if parent is None:
+            self.progress(f"{name}: building the original model")
+            acoustic, vocoder = self.build_pair(self.model)
+            model, transforms, report = dict(self.model), [], None
+        else:
+            step = steps[-1]
+            self.progress(f"{name}: step {len(steps)} '{step.op}'")
+            acoustic, vocoder, model, transforms, report = self.apply(step, parent)
+        seconds = time.perf_counter() - started
+        self.progress(f"{name}: synthesising samples")
+        samples, sample_text = self.samples(acoustic, vocoder)
+        extra = {
+            "name": name if steps else "original",
+            "recipe": recipe_list,
+            "parent": art.read_manifest(parent.path)["content_hash"] if parent is not None else None,
+            "preset": self.preset,
+            "seed": self.seed,
+            "code_version": self.code,
+            "build": {"step_report": report, "seconds": round(seconds, 3), "cache_key": key},
+            "sample_text": sample_text,
+        }
+        path = self.cache.path(key)
+        art.save_artifact(path, acoustic, vocoder, model, transforms, extra, samples=samples)
+        node = _Node(key, path, False, model, transforms, acoustic, vocoder)
+        self.nodes[key] = node
+        return node
+
+    def apply(self, step: Step, parent: _Node):
+        args = step.args
+        acoustic, vocoder = parent.models()
+        model, transforms = copy.deepcopy(parent.model), list(parent.transforms)
+        report: Optional[Dict[str, Any]] = None
+        if step.op == "prune":
+            from variants.prune import structured_prune
+
+            activation = args["importance"] == "activation"
+            calib = self.calibration(args["calibration_sentences"]) if activation else ()
+            acoustic, cfg, report = structured_prune(
+                acoustic, model["config"], args, self.build_acoustic_for(model["factory"]), calib
+            )
+            report = {
+                "encoder_decoder_params": report["encoder_decoder_params"],
+                "heads": {k: len(v) for k, v in report["kept"].items() if not k.endswith("ffn")},
+                "ffn": {k: len(v) for k, v in report["kept"].items() if k.endswith("ffn")},
+            }
+            model["config"] = cfg
+        elif step.op == "unstructured_prune":
+            from variants.prune import unstructured_prune
+
+            acoustic, report = unstructured_prune(acoustic, args["amount"])
+        elif step.op == "distill":
+            from variants.distill import distill
+
+            acoustic, cfg, report = distill(
+                acoustic, model["config"], args, self.build_acoustic_for(model["factory"]), seed=self.seed
+            )
+            model["config"] = cfg
+        elif step.op == "quantize":
+            from variants.quantize import quantize
+
+            acoustic, vocoder, transform = quantize(acoustic, vocoder, args)
+            transforms.append(transform)
+        else:  # recipes.STEPS and this dispatch disagree: a programming error
+            raise RuntimeError(f"no implementation for step {step.op!r}")
+        return acoustic, vocoder, model, transforms, report
+
+    # -------------------------------------------------------------------------------- samples, quality
+    def samples(self, acoustic: nn.Module, vocoder: nn.Module) -> Tuple[Dict[str, bytes], str]:
+        from variants.frontend import EMOTIONS, text_to_ids
+
+        text = sample_sentence()
+        out = {}
+        with torch.inference_mode():
+            for emo in EMOTIONS:
+                mel = acoustic(**text_to_ids(text, emotion=emo).to_tensors()).mel
+                wav = vocoder(mel.transpose(1, 2)).reshape(-1)
+                out[emo] = wav_bytes(wav)
+        return out, text
+
+    def ensure_quality(self, node: _Node) -> Dict[str, Any]:
+        manifest = art.read_manifest(node.path)
+        current = manifest.get("quality")
+        n_expected = self.quality_sentences * 7  # (sentence, emotion) pairs
+        if not self.quality or (current is not None and current.get("n") == n_expected):
+            return manifest
+        from variants.quality import emotion_identification, evaluate
+
+        ref = self.reference()
+        if node.key == self.root().key:
+            accuracy = emotion_identification(ref.mels, ref.mels)
+            quality = {"mel_l1": 0.0, "mcd_db": 0.0, "emotion_id_accuracy": accuracy, "n": len(ref.items)}
+        else:
+            self.progress(f"{manifest.get('name')}: quality proxies")
+            quality = evaluate(node.models()[0], ref)
+        return art.update_manifest(node.path, quality=quality)
+
+
+def _prefix_name(steps: Tuple[Step, ...], name: str) -> str:
+    """Name of an intermediate artifact: the built-in variant with exactly these steps, else ``name[:n]``."""
+    for builtin, recipe in BUILTIN_VARIANTS.items():
+        if tuple(recipe.steps) == tuple(steps):
+            return builtin
+    return f"{name}[:{len(steps)}]"
+
+
+def sample_sentence() -> str:
+    """The fixed sentence of the listening samples: the corpus' sample sentence."""
+    from variants.corpus import sample_sentence as corpus_sample
+
+    return corpus_sample().text
+
+
+def wav_bytes(wav: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """16-bit PCM WAV, peak-normalised to 0.9 (random-weight models have arbitrary levels)."""
+    import numpy as np
+    import soundfile as sf
+
+    data = wav.detach().to(torch.float32).numpy().astype(np.float32)
+    peak = float(np.abs(data).max()) if data.size else 0.0
+    if peak > 0:
+        data = data * (0.9 / peak)
+    buf = io.BytesIO()
+    sf.write(buf, data, sample_rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _publish(src: Path, dest: Path, name: str) -> Dict[str, Any]:
+    """Copy a cache entry to ``dest`` (atomically) unless an identical one is there; set the variant name."""
+    manifest = dict(art.read_manifest(src))
+    manifest["name"] = name
+    if dest.exists():
+        try:
+            current = art.read_manifest(dest)
+        except VariantsError:
+            current = None
+        if current == manifest:
+            return manifest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=str(dest.parent), prefix=f".{dest.name}.tmp-"))
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        (tmp / "manifest.json").write_bytes(art._json_bytes(manifest))
+        art._atomic_replace_dir(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def resolve_model(
+    preset: str, model_factory: Optional[str], model_config: Optional[Mapping]
+) -> Dict[str, Any]:
+    """config.json's model section for a preset of the reference model or a user's factory."""
+    from variants.models import ModelConfig, get_preset
+
+    if model_factory in (None, art.REFERENCE_FACTORY):
+        try:
+            if model_config is not None:
+                cfg = ModelConfig.from_dict(dict(model_config))
+            else:
+                cfg = get_preset(preset)
+        except ValueError as exc:
+            raise VariantsError(f"model config: {exc}") from None
+        return {"factory": art.REFERENCE_FACTORY, "config": cfg.to_dict()}
+    from variants.plugin import load_factory
+
+    load_factory(model_factory)  # import errors before any work
+    return {"factory": model_factory, "config": dict(model_config) if model_config is not None else None}
+
+
+def build_variants(
+    preset: str = "base",
+    variants: Sequence[str] = DEFAULT_VARIANTS,
+    out: Path = Path("edgebench-out/artifacts"),
+    seed: int = 0,
+    cache_dir: Optional[Path] = None,
+    quality: bool = True,
+    model_factory: Optional[str] = None,
+    progress: Optional[Progress] = None,
+    recipes: Optional[Mapping[str, Recipe]] = None,
+    model_config: Optional[Mapping[str, Any]] = None,
+    quality_sentences: int = 2,
+    threads: Optional[int] = 1,
+) -> List[BuiltVariant]:
+    """Build (or fetch from the cache) every variant; return them in the order asked.
+
+    ``threads`` is torch's intra-op thread count while building (None: leave it): one thread is the
+    fastest on a shared machine, where OpenMP spin-waiting makes small ops 10x slower under load.
+    ``quality_sentences`` is the size of the fixed evaluation set (x 7 emotions).
+    ``recipes`` adds user-defined variants (name -> Recipe from ``parse_recipe``); ``model_factory`` is a
+    user's ``"package.module:factory"`` (see variants.plugin) with its ``model_config``; ``cache_dir``
+    defaults to ``out/.cache``. Invalid recipes raise RecipeError before anything is built.
+    """
+    progress = progress or _quiet
+    out = Path(out)
+    model = resolve_model(preset, model_factory, model_config)
+    resolved = resolve_variants(list(variants), recipes)
+    for recipe in resolved:
+        check_recipe(recipe, model["config"])
+    if model_factory not in (None, art.REFERENCE_FACTORY):
+        from variants.plugin import check_conventions
+
+        check_conventions(model["factory"], model["config"], seed)
+    cache = BuildCache(Path(cache_dir) if cache_dir is not None else out / ".cache")
+    builder = _Builder(model, preset, seed, cache, quality, progress, quality_sentences)
+    results = []
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        for recipe in resolved:
+            node = builder.node(tuple(recipe.steps), recipe.name)
+            builder.ensure_quality(node)
+            manifest = _publish(node.path, out / recipe.dirname, recipe.name)
+            progress(f"{recipe.name}: {'cached' if node.cached else 'built'} -> {out / recipe.dirname}")
+            results.append(BuiltVariant(recipe.name, out / recipe.dirname, manifest, node.cached))
+    finally:
+        torch.set_num_threads(old_threads)
+    return results
