@@ -6,6 +6,10 @@ only, and a bounded timeout at every level. Both run the same agent bundle the s
 
 Retries: connecting and transfers are retried (bounded count, backoff) inside their parent timeout;
 commands are never retried (a measurement must not run twice without anyone knowing).
+
+Arguments are never interpreted by a shell (SSH: each one ``shlex.quote``d), with one exception on both
+transports: a leading ``~/`` means the login user's home (devices.toml paths such as ``python`` and
+``work_dir`` use it).
 """
 
 from __future__ import annotations
@@ -124,7 +128,7 @@ class LocalTransport(Transport):
         return self._cpu_list
 
     def run(self, argv, timeout, env=None, stdin=None):
-        argv = [str(a) for a in argv]
+        argv = [os.path.expanduser(a) if a.startswith("~/") else a for a in map(str, argv)]
         if not argv:
             raise TransportError("empty command")
         full_env = dict(os.environ)
