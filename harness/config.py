@@ -98,6 +98,8 @@ class Config:
         for key in _PATH_KEYS:
             value = getattr(self, key)
             d[key] = None if value is None else str(value)
+        if self.out_dir == Path(DEFAULT_OUT_DIR):
+            d["out_dir"] = None  # the default stays relative to where edgebench runs
         return {k: v for k, v in d.items() if v is not None}
 
     def with_overrides(self, **overrides: Any) -> Config:
