@@ -219,7 +219,7 @@ def build_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -> 
 # Runs the command through sh, which first reports its pid and process group on stderr (removed from
 # the result) so a command that timed out can be killed on the device, then execs the command.
 _PID_MARKER = b"edgebench-remote-pid"
-_WRAPPER = ('g=; read -r _p _c _s _pp g _r < /proc/$$/stat 2>/dev/null; '
+_WRAPPER = ('g=; read -r _p _c _s _pp g _r 2>/dev/null </proc/$$/stat; '
             'echo "edgebench-remote-pid $$ ${g:-$$}" >&2; exec "$@"')
 
 
