@@ -285,10 +285,10 @@ def latency_vs_length(data: ReportData, device: str) -> Optional[str]:
 
 
 def pareto(data: ReportData, device: str) -> Optional[str]:
-    """Size vs short-sentence p90, coloured by mel distortion; the non-dominated variants are joined."""
+    """Acoustic model size vs short-sentence p90, coloured by mel distortion; non-dominated ones joined."""
     pts = []
     for r in data.results_for(device):
-        size, p90 = r.size_bytes, r.value("latency_p90_s", HEADLINE_CLASS)
+        size, p90 = r.sizes.get("acoustic"), r.value("latency_p90_s", HEADLINE_CLASS)
         if size and p90:
             pts.append((r.variant, size / 1e6, p90 * 1000, r.mcd_db))
     if not pts:
@@ -331,7 +331,7 @@ def pareto(data: ReportData, device: str) -> Optional[str]:
         lat_limit = _latency_limit(data, device, HEADLINE_CLASS)
         size_limit = None
         for c in data.verdict.checks:
-            if c.device == device and c.metric == "size_bytes":
+            if c.device == device and c.metric == "size_acoustic_bytes":
                 size_limit = c.limit
                 break
         if lat_limit is not None:
@@ -352,7 +352,7 @@ def pareto(data: ReportData, device: str) -> Optional[str]:
             )
         ax.set_xlim(left=0)
         ax.set_ylim(bottom=0)
-        ax.set_xlabel("model size, acoustic + vocoder (MB)")
+        ax.set_xlabel("acoustic model size (MB; the vocoder is the same in every variant)")
         ax.set_ylabel(f"{HEADLINE_CLASS}-sentence p90 (ms)")
         ax.set_title("Size vs latency vs fidelity")
         if fidelity:

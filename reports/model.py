@@ -21,13 +21,15 @@ REFERENCE_VARIANT = "original"
 # The headline metric of the cross-device matrix and the trend chart.
 HEADLINE_CLASS = "short"
 
-# Verdict kinds, in the order of severity the banner uses.
+# Verdict kinds: the gate's outcomes (harness.gate), most serious first.
 PASS = "pass"
 BUDGET_FAILED = "budget_failed"
-REGRESSION = "regression"
+REGRESSION = "regressed"
 COULD_NOT_MEASURE = "could_not_measure"
 NO_BASELINE = "no_baseline"
-VERDICT_KINDS = (PASS, NO_BASELINE, REGRESSION, BUDGET_FAILED, COULD_NOT_MEASURE)
+VERDICT_KINDS = (COULD_NOT_MEASURE, BUDGET_FAILED, REGRESSION, NO_BASELINE, PASS)
+# Budget check statuses (harness.gate): "skipped" is an optional metric without a value.
+CHECK_PASS, CHECK_FAIL, CHECK_SKIPPED, CHECK_NOT_MEASURED = "pass", "fail", "skipped", "not_measured"
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,8 @@ class Metric:
 
     key: str
     label: str
-    unit: str  # unit of the stored value: "s", "bytes", "ratio", "x", "score", "dB", "count"
+    unit: str  # unit of the stored value: "s", "bytes" (shown in MB), "bytes_iec" (shown in MiB), "ratio",
+    # "score", "dB", "count"
     lower_is_better: bool
 
 
@@ -54,7 +57,7 @@ METRICS: Mapping[str, Metric] = {
         Metric("rtf", "Real-time factor", "ratio", True),
         Metric("first_inference_s", "First inference", "s", True),
         Metric("load_s", "Load time", "s", True),
-        Metric("peak_rss_bytes", "Peak RSS", "bytes", True),
+        Metric("peak_rss_bytes", "Peak RSS", "bytes_iec", True),
         Metric("mcd_db", "Mel distortion", "dB", True),
         Metric("mel_l1", "Mel L1", "score", True),
         Metric("emotion_id_accuracy", "Emotion identifiability", "ratio", False),
@@ -162,8 +165,16 @@ class BudgetCheck:
     metric: str  # a METRICS key
     value: Optional[float]
     limit: float
-    passed: bool
+    status: str  # CHECK_PASS | CHECK_FAIL | CHECK_SKIPPED | CHECK_NOT_MEASURED
     length_class: Optional[str] = None
+
+    @property
+    def passed(self) -> bool:
+        return self.status == CHECK_PASS
+
+    @property
+    def failed(self) -> bool:
+        return self.status in (CHECK_FAIL, CHECK_NOT_MEASURED)
 
 
 @dataclass(frozen=True)
@@ -179,9 +190,18 @@ class Regression:
     ci_low: Optional[float] = None
     ci_high: Optional[float] = None
     p_value: Optional[float] = None
-    regressed: bool = False
-    improved: bool = False
-    metric: str = "latency_p50_s"
+    verdict: str = "unchanged"  # regressed | improved | unchanged | insufficient (harness.regress)
+    baseline_run_id: Optional[str] = None
+    n_baseline: Optional[int] = None
+    n_current: Optional[int] = None
+
+    @property
+    def regressed(self) -> bool:
+        return self.verdict == "regressed"
+
+    @property
+    def improved(self) -> bool:
+        return self.verdict == "improved"
 
 
 @dataclass(frozen=True)
@@ -204,7 +224,15 @@ class Verdict:
     exit_code: int
     causes: Tuple[Cause, ...] = ()
     checks: Tuple[BudgetCheck, ...] = ()
-    baseline_run_id: Optional[str] = None
+    baselines: Mapping[str, Optional[str]] = field(default_factory=dict)  # device -> baseline run id
+    warnings: Tuple[str, ...] = ()
+
+    @property
+    def baseline_text(self) -> str:
+        runs = sorted({b for b in self.baselines.values() if b})
+        if not runs:
+            return "none"
+        return runs[0] if len(runs) == 1 else ", ".join(runs)
 
     def check(
         self, device: str, variant: str, metric: str, length_class: Optional[str] = None
@@ -256,6 +284,16 @@ class AudioClip:
 
 
 @dataclass(frozen=True)
+class BudgetLine:
+    """One budget in force, for display: where it applies, what, and the limit with its unit."""
+
+    scope: str  # "all devices", "device class pi4", "variant pruned", "regression test"
+    metric: str  # the budget's name as in budgets.toml
+    limit: str  # "≤ 800 ms"
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class ReportData:
     run: RunInfo
     verdict: Verdict
@@ -266,7 +304,7 @@ class ReportData:
     regressions: Tuple[Regression, ...] = ()
     history: Tuple[TrendPoint, ...] = ()
     audio: Tuple[AudioClip, ...] = ()
-    budgets: Mapping[str, Any] = field(default_factory=dict)  # as recorded with the run, for display
+    budgets: Tuple[BudgetLine, ...] = ()  # the budgets in force, for display
 
     @property
     def device_names(self) -> Tuple[str, ...]:
@@ -310,7 +348,11 @@ HISTORY_RUNS = 30
 
 
 def load_report_data(store, run_id: str, baseline: Optional[str] = None) -> ReportData:
-    """Build the ``ReportData`` of one run from a ``harness.store.Store`` (the only store access)."""
+    """Build the ``ReportData`` of one run from a ``harness.store.Store`` (the only store access).
+
+    The verdict is the one the gate stored for the run; the gate is asked afresh (without saving) when
+    none is stored or when ``baseline`` names another run to compare with.
+    """
     meta = store.run(run_id)  # StoreError (a UserError) for an unknown run id
     run = RunInfo(
         run_id=run_id,
@@ -322,88 +364,153 @@ def load_report_data(store, run_id: str, baseline: Optional[str] = None) -> Repo
         variants=tuple(meta.get("variants") or ()),
         devices=tuple(meta.get("devices") or ()),
     )
-    budgets = dict(meta.get("budgets") or {})
-    attempts_df = store.attempts_df(run_id)
-    attempts = tuple(_attempts(attempts_df))
+    attempts = tuple(_attempts(store.attempts_df(run_id)))
     effective = {key: a["status"] for key, a in store.effective_attempts(run_id).items()}
-    verdict_dict = _verdict_dict(store, run_id, budgets, baseline)
+    gate_verdict = _gate_verdict(store, run_id, baseline)
     return ReportData(
         run=run,
-        verdict=verdict_from_dict(verdict_dict),
+        verdict=verdict_from_gate(gate_verdict),
         results=tuple(_results(store.summary_df(run_id), attempts, effective)),
         samples=_samples(store.samples_df(run_id)),
         devices=tuple(_devices(store.facts(run_id), attempts)),
         attempts=attempts,
-        regressions=tuple(regressions_from_dict(verdict_dict)),
+        regressions=tuple(regressions_from_gate(gate_verdict)),
         history=tuple(_history(store, run)),
         audio=tuple(_audio(store.artifacts(run_id))),
-        budgets=budgets,
+        budgets=tuple(budget_lines_from_gate(gate_verdict.get("budgets") or {})),
     )
 
 
-def _verdict_dict(
-    store, run_id: str, budgets: Mapping[str, Any], baseline: Optional[str]
-) -> Mapping[str, Any]:
-    """The stored verdict of the run; the gate is asked afresh only for another baseline or none stored."""
+def _gate_verdict(store, run_id: str, baseline: Optional[str]) -> Mapping[str, Any]:
     stored = store.verdict(run_id) if baseline is None else None
     if stored is not None:
         return stored
-    from harness import gate  # reports depends on harness, never the other way round
+    from harness import gate
 
-    return gate.evaluate(store, run_id, budgets, baseline=baseline).to_dict()
+    return gate.evaluate(store, run_id, baseline=baseline, save=False).to_dict()
 
 
-def verdict_from_dict(d: Mapping[str, Any]) -> Verdict:
-    """Adapt ``harness.gate.Verdict.to_dict()`` to the report's ``Verdict``."""
-    checks = tuple(
-        BudgetCheck(
-            device=str(c.get("device")),
-            variant=str(c.get("variant")),
-            metric=str(c.get("metric")),
-            value=_opt_float(c.get("value")),
-            limit=float(c.get("limit")),
-            passed=bool(c.get("passed")),
-            length_class=_opt_str(c.get("length_class")),
+def report_metric(gate_metric: str) -> Optional[Tuple[str, Optional[str], float]]:
+    """A gate metric (harness.budgets.METRICS) as (report METRICS key, length class, scale to SI units)."""
+    from harness.budgets import MB, MIB
+    from harness.budgets import METRICS as GATE_METRICS
+
+    m = GATE_METRICS.get(gate_metric)
+    if m is None:
+        return None
+    if m.length_class is not None:  # latency_<stat>_ms_<class>
+        return f"latency_{gate_metric.split('_')[1]}_s", m.length_class, 1e-3
+    known = {
+        "acoustic_size_mb": ("size_acoustic_bytes", MB),
+        "vocoder_size_mb": ("size_vocoder_bytes", MB),
+        "peak_rss_mib": ("peak_rss_bytes", float(MIB)),
+        "rtf": ("rtf", 1.0),
+        "first_inference_s": ("first_inference_s", 1.0),
+        "mos": ("mos", 1.0),
+        "emotion_id_accuracy": ("emotion_id_accuracy", 1.0),
+    }
+    if gate_metric not in known:
+        return None
+    key, scale = known[gate_metric]
+    return key, None, scale
+
+
+def verdict_from_gate(d: Mapping[str, Any]) -> Verdict:
+    """Adapt ``harness.gate.Verdict.to_dict()`` (version 1) to the report's ``Verdict`` with its causes."""
+    checks, causes = [], []
+    for c in d.get("unmeasured", ()):
+        causes.append(
+            Cause(COULD_NOT_MEASURE, c.get("device"), c.get("variant"), message=f"{c.get('status')}: "
+                  f"{c.get('error') or 'no reason recorded'}")
+        )  # fmt: skip
+    for c in d.get("checks", ()):
+        mapped = report_metric(str(c["metric"]))
+        if mapped is None:  # a metric this report does not know: still say why the gate failed
+            if c["status"] in (CHECK_FAIL, CHECK_NOT_MEASURED):
+                kind = BUDGET_FAILED if c["status"] == CHECK_FAIL else COULD_NOT_MEASURE
+                causes.append(Cause(kind, c["device"], c["variant"], message=str(c.get("message") or "")))
+            continue
+        key, length_class, scale = mapped
+        value = _opt_float(c.get("value"))
+        check = BudgetCheck(
+            device=str(c["device"]),
+            variant=str(c["variant"]),
+            metric=key,
+            value=None if value is None else value * scale,
+            limit=float(c["budget"]) * scale,
+            status=str(c["status"]),
+            length_class=length_class,
         )
-        for c in d.get("checks", ())
-    )
-    causes = tuple(
-        Cause(
-            kind=str(c.get("kind")),
-            device=_opt_str(c.get("device")),
-            variant=_opt_str(c.get("variant")),
-            metric=_opt_str(c.get("metric")),
-            length_class=_opt_str(c.get("length_class")),
-            value=_opt_float(c.get("value")),
-            limit=_opt_float(c.get("limit")),
-            message=str(c.get("message") or ""),
-        )
-        for c in d.get("causes", ())
-    )
-    return Verdict(
-        kind=str(d.get("outcome") or d.get("kind")),
-        exit_code=int(d.get("exit_code", 0)),
-        causes=causes,
-        checks=checks,
-        baseline_run_id=_opt_str(d.get("baseline_run_id")),
-    )
-
-
-def regressions_from_dict(d: Mapping[str, Any]) -> Iterable[Regression]:
+        checks.append(check)
+        if check.status == CHECK_FAIL:
+            causes.append(
+                Cause(BUDGET_FAILED, check.device, check.variant, key, length_class, check.value, check.limit)
+            )
+        elif check.status == CHECK_NOT_MEASURED:
+            causes.append(Cause(COULD_NOT_MEASURE, check.device, check.variant, key, length_class,
+                                message="no value was measured for a budgeted metric"))  # fmt: skip
     for r in d.get("regressions", ()):
+        causes.append(
+            Cause(REGRESSION, r.get("device"), r.get("variant"), length_class=r.get("length_class"))
+        )
+    baselines = dict(d.get("baselines") or {})
+    for device, base in baselines.items():
+        if base is None:
+            causes.append(
+                Cause(NO_BASELINE, device, message="no earlier passing run on this device to compare with")
+            )
+    return Verdict(
+        kind=str(d["outcome"]),
+        exit_code=int(d["exit_code"]),
+        causes=tuple(causes),
+        checks=tuple(checks),
+        baselines=baselines,
+        warnings=tuple(str(w) for w in d.get("warnings", ())),
+    )
+
+
+def regressions_from_gate(d: Mapping[str, Any]) -> Iterable[Regression]:
+    """Every comparison with a baseline (regressed, improved, unchanged, insufficient)."""
+    for r in d.get("comparisons", ()):
         yield Regression(
-            device=str(r.get("device")),
-            variant=str(r.get("variant")),
-            length_class=str(r.get("length_class")),
-            baseline_median_s=float(r.get("baseline_median_s")),
-            current_median_s=float(r.get("current_median_s")),
-            ratio=float(r.get("ratio")),
+            device=str(r["device"]),
+            variant=str(r["variant"]),
+            length_class=str(r["length_class"]),
+            baseline_median_s=float(r["baseline_median"]),
+            current_median_s=float(r["candidate_median"]),
+            ratio=float(r["ratio"]),
             ci_low=_opt_float(r.get("ci_low")),
             ci_high=_opt_float(r.get("ci_high")),
             p_value=_opt_float(r.get("p_value")),
-            regressed=bool(r.get("regressed")),
-            improved=bool(r.get("improved", False)),
+            verdict=str(r["verdict"]),
+            baseline_run_id=_opt_str(r.get("baseline_run_id")),
+            n_baseline=_opt_int(r.get("n_baseline")),
+            n_current=_opt_int(r.get("n_candidate")),
         )
+
+
+def budget_lines_from_gate(budgets: Mapping[str, Any]) -> Iterable[BudgetLine]:
+    """The budgets the gate applied (``Budgets.to_dict()``), one line per metric and scope."""
+    from harness.budgets import METRICS as GATE_METRICS
+
+    scopes = [("all devices", budgets.get("budgets") or {})]
+    scopes += [(f"device class {k}", v) for k, v in (budgets.get("class") or {}).items()]
+    scopes += [(f"variant {k}", v) for k, v in (budgets.get("variant") or {}).items()]
+    for scope, table in scopes:
+        for name, value in table.items():
+            m = GATE_METRICS.get(name)
+            if value is None:
+                yield BudgetLine(scope, name, "off", m.description if m else "")
+            elif m is None:
+                yield BudgetLine(scope, name, str(value))
+            else:
+                op = "≤" if m.direction == "max" else "≥"
+                unit = "" if m.unit in ("x", "score", "fraction") else f" {m.unit}"
+                yield BudgetLine(scope, name, f"{op} {value:g}{unit}", m.description)
+    regression = budgets.get("regression") or {}
+    if regression:
+        text = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in regression.items())
+        yield BudgetLine("regression test", "settings", text, "Mann-Whitney U and bootstrap CI on medians")
 
 
 def _attempts(df) -> Iterable[Attempt]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import jinja2
 from markupsafe import Markup
@@ -26,6 +26,7 @@ from reports.model import (
     NO_BASELINE,
     PASS,
     REGRESSION,
+    VERDICT_KINDS,
     Cause,
     DeviceInfo,
     ReportData,
@@ -119,36 +120,29 @@ def _where(*parts: Optional[str]) -> str:
 
 
 def cause_lines(data: ReportData) -> Tuple[CauseLine, ...]:
-    # The causes of the verdict's own kind first (the banner says "could not measure": say where first).
-    causes = sorted(data.verdict.causes, key=lambda c: c.kind != data.verdict.kind)
+    """The verdict's causes, most serious kind first (the banner's kind leads)."""
+    causes = sorted(data.verdict.causes, key=lambda c: VERDICT_KINDS.index(c.kind))
     return tuple(describe_cause(c, data) for c in causes)
 
 
 def describe_cause(c: Cause, data: ReportData) -> CauseLine:
     metric = METRICS.get(c.metric or "")
-    if metric is not None and c.value is not None and c.limit is not None:
+    what = c.message
+    if c.kind == BUDGET_FAILED and metric is not None and c.value is not None and c.limit is not None:
         name = metric.label + (f" ({c.length_class})" if c.length_class else "")
-        what = (
-            f"{name} = {tables.fmt_metric(metric.key, c.value)} vs budget "
-            f"{tables.fmt_limit(metric.key, c.limit)}"
-        )
-        if c.message:
-            what += f" — {c.message}"
+        value, limit = tables.fmt_metric(metric.key, c.value), tables.fmt_limit(metric.key, c.limit)
+        what = f"{name} = {value} vs budget {limit}"
     elif c.kind == REGRESSION:
-        reg = next(
-            (r for r in data.regressions if (r.device, r.variant) == (c.device, c.variant) and r.regressed),
-            None,
-        )
-        what = c.message or ""
-        if reg is not None:
-            what = (
-                f"{reg.length_class} median {reg.ratio:.2f}× the baseline"
-                + (f" (95 % CI {reg.ci_low:.2f}–{reg.ci_high:.2f}" if reg.ci_low is not None else " (")
-                + (f", p = {reg.p_value:.3g})" if reg.p_value is not None else ")")
-            )
-    else:
-        what = c.message or VERDICT_TEXT.get(c.kind, (c.kind, "", ""))[2]
-    return CauseLine(kind=c.kind, where=_where(c.device, c.variant), what=what)
+        where = (c.device, c.variant, c.length_class)
+        reg = next((r for r in data.regressions if (r.device, r.variant, r.length_class) == where), None)
+        if reg is not None and reg.regressed:
+            what = f"{reg.length_class} sentences: median {reg.ratio:.2f}× the baseline"
+            if reg.ci_low is not None and reg.ci_high is not None:
+                what += f" (95 % CI {reg.ci_low:.2f}–{reg.ci_high:.2f}"
+                what += f", p = {reg.p_value:.2g})" if reg.p_value is not None else ")"
+    elif metric is not None and not what:
+        what = f"{metric.label}: no value"
+    return CauseLine(kind=c.kind, where=_where(c.device, c.variant), what=what or VERDICT_TEXT[c.kind][2])
 
 
 def _device_charts(data: ReportData, device: str) -> Tuple[Tuple[str, Markup], ...]:
@@ -225,27 +219,11 @@ def render_html(data: ReportData, audio: AudioGrid, generated_at: Optional[str] 
         article_title=tables.ARTICLE_TITLE,
         article_title_zh=tables.ARTICLE_TITLE_ZH,
         article_date=tables.ARTICLE_DATE,
-        budgets=_budget_lines(data.budgets),
+        budgets=data.budgets,
         generated_at=generated_at or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         pass_mark=tables.PASS_MARK,
         fail_mark=tables.FAIL_MARK,
     )
-
-
-def _budget_lines(budgets: Mapping[str, Any], prefix: str = "") -> List[Tuple[str, str]]:
-    """Flatten the budgets recorded with the run into (key, value) lines; known metrics get their unit."""
-    out = []
-    for key, value in budgets.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out += _budget_lines(value, f"{name}.")
-            continue
-        metric = next((m for m in name.split(".") if m in METRICS), None)
-        if metric is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
-            out.append((name, tables.fmt_limit(metric, float(value))))
-        else:
-            out.append((name, str(value)))
-    return out
 
 
 def render_report(

@@ -81,6 +81,17 @@ def fmt_bytes(v: Optional[float]) -> str:
     return f"{v:.0f} B"
 
 
+def fmt_bytes_iec(v: Optional[float]) -> str:
+    """Memory in binary units (the gate budgets peak RSS in MiB)."""
+    if v is None:
+        return "—"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if v >= scale:
+            x = v / scale
+            return f"{x:.2f} {unit}" if x < 10 else (f"{x:.1f} {unit}" if x < 100 else f"{x:.0f} {unit}")
+    return f"{v:.0f} B"
+
+
 def fmt_count(v: Optional[float]) -> str:
     if v is None:
         return "—"
@@ -102,6 +113,7 @@ def fmt_plain(v: Optional[float], digits: int = 2) -> str:
 FORMATTERS: Mapping[str, Callable[[Optional[float]], str]] = {
     "s": fmt_seconds,
     "bytes": fmt_bytes,
+    "bytes_iec": fmt_bytes_iec,
     "count": fmt_count,
     "ratio": fmt_ratio_pct,
     "dB": lambda v: "—" if v is None else f"{v:.2f} dB",

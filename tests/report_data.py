@@ -11,29 +11,26 @@ import random
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from harness.budgets import default_budgets
 from reports.model import (
-    BUDGET_FAILED,
-    COULD_NOT_MEASURE,
     LENGTH_CLASSES,
-    REGRESSION,
     Attempt,
     AudioClip,
-    BudgetCheck,
-    Cause,
     DeviceInfo,
     LatencyStats,
-    Regression,
     ReportData,
     RunInfo,
     Sample,
     TrendPoint,
     VariantResult,
-    Verdict,
+    budget_lines_from_gate,
+    regressions_from_gate,
+    verdict_from_gate,
 )
 
 VARIANTS = ("original", "pruned", "quantized", "pruned+quantized", "unstructured", "distilled")
 EMOTIONS = ("neutral", "happy", "angry", "sad", "fear", "hate", "surprise")
-# variant -> (acoustic MB, params acoustic M, acoustic speed factor, rss MB, mcd dB, emotion acc)
+# variant -> (acoustic MB, params acoustic M, acoustic speed factor, peak RSS MiB, mcd dB, emotion acc)
 VARIANT_SHAPE = {
     "original": (49.2, 12.3, 1.00, 690, 0.0, 0.95),
     "pruned": (19.7, 4.9, 0.45, 430, 1.9, 0.92),
@@ -48,12 +45,28 @@ DEVICES = {  # device -> (seconds per phone for original acoustic, vocoder RTF)
     "pi4": (0.030, 0.22),
     "n100": (0.0075, 0.07),
 }
-BUDGETS = {
-    "latency_p90_s": {"short": 0.8},
-    "size_bytes": 100e6,
-    "peak_rss_bytes": 512e6,
-    "emotion_id_accuracy": 0.9,
-}
+MIB = 2**20
+BASELINE = "20261122-020000-0008"
+COMPARISONS = [  # as harness.regress writes them
+    {"device": "pi4", "variant": "quantized", "length_class": "short", "baseline_run_id": BASELINE,
+     "n_baseline": 30, "n_candidate": 30, "baseline_median": 0.262, "candidate_median": 0.294,
+     "ratio": 1.122, "ci_low": 1.071, "ci_high": 1.183, "p_value": 0.0004, "verdict": "regressed"},
+    {"device": "pi4", "variant": "pruned", "length_class": "short", "baseline_run_id": BASELINE,
+     "n_baseline": 30, "n_candidate": 30, "baseline_median": 0.311, "candidate_median": 0.305,
+     "ratio": 0.981, "ci_low": 0.944, "ci_high": 1.021, "p_value": 0.41, "verdict": "unchanged"},
+    {"device": "n100", "variant": "pruned+quantized", "length_class": "short", "baseline_run_id": BASELINE,
+     "n_baseline": 30, "n_candidate": 30, "baseline_median": 0.071, "candidate_median": 0.064,
+     "ratio": 0.90, "ci_low": 0.86, "ci_high": 0.94, "p_value": 0.002, "verdict": "improved"},
+]  # fmt: skip
+
+
+def _check(
+    device: str, variant: str, metric: str, value: float, budget: float, higher_is_better=False
+) -> dict:
+    """A budget check as harness.gate writes it (its metric names and units)."""
+    ok = value >= budget if higher_is_better else value <= budget
+    return {"metric": metric, "device": device, "variant": variant, "value": value, "budget": budget,
+            "status": "pass" if ok else "fail", "message": f"{metric} = {value:.4g}"}  # fmt: skip
 
 
 def _nearest_rank(values: List[float], q: float) -> float:
@@ -98,7 +111,7 @@ def make_report_data(
     rng = random.Random(seed)
     results: List[VariantResult] = []
     samples: Dict[Tuple[str, str], Tuple[Sample, ...]] = {}
-    checks: List[BudgetCheck] = []
+    checks: List[dict] = []  # as harness.gate writes them (its metric names and units)
     attempts: List[Attempt] = []
     for device in DEVICES:
         for variant in VARIANTS:
@@ -133,7 +146,7 @@ def make_report_data(
                     mean_s=sum(tot) / len(tot),
                     rtf=sum(tot) / audio,
                 )
-            ac_mb, ac_params, _, rss_mb, mcd, emo = VARIANT_SHAPE[variant]
+            ac_mb, ac_params, _, rss_mib, mcd, emo = VARIANT_SHAPE[variant]
             r = VariantResult(
                 device=device,
                 variant=variant,
@@ -144,7 +157,7 @@ def make_report_data(
                 first_inference_s=latency["short"].p50_s * 2.6,
                 load_s=(ac_mb + VOCODER_MB) / (60.0 if device == "pi4" else 400.0),
                 import_s=1.9 if device == "pi4" else 0.6,
-                peak_rss_bytes=int(rss_mb * 1e6 * (1.0 if device == "pi4" else 1.04)),
+                peak_rss_bytes=int(rss_mib * MIB * (1.0 if device == "pi4" else 1.04)),
                 mcd_db=mcd,
                 mel_l1=mcd / 10,
                 emotion_id_accuracy=emo,
@@ -155,41 +168,31 @@ def make_report_data(
             )
             results.append(r)
             attempts.append(Attempt(device, variant, "ok", None, throttled=throttled, hot=throttled))
-            p90 = latency["short"].p90_s
             checks += [
-                BudgetCheck(device, variant, "latency_p90_s", p90, 0.8, p90 <= 0.8, "short"),
-                BudgetCheck(device, variant, "size_bytes", r.size_bytes, 100e6, r.size_bytes <= 100e6),
-                BudgetCheck(
-                    device, variant, "peak_rss_bytes", r.peak_rss_bytes, 512e6, r.peak_rss_bytes <= 512e6
-                ),
-                BudgetCheck(device, variant, "emotion_id_accuracy", emo, 0.9, emo >= 0.9),
+                _check(device, variant, "latency_p90_ms_short", latency["short"].p90_s * 1e3, 800.0),
+                _check(device, variant, "acoustic_size_mb", ac_mb, 100.0),
+                _check(device, variant, "peak_rss_mib", r.peak_rss_bytes / MIB, 512.0),
+                _check(device, variant, "emotion_id_accuracy", emo, 0.9, higher_is_better=True),
             ]
-    causes = [
-        Cause(BUDGET_FAILED, c.device, c.variant, c.metric, c.length_class, c.value, c.limit)
-        for c in checks
-        if not c.passed
-    ]
-    causes.append(Cause(REGRESSION, "pi4", "quantized", message="slower than the baseline"))
-    causes.append(
-        Cause(
-            COULD_NOT_MEASURE,
-            "n100",
-            "distilled",
-            message="timeout: measurement exceeded its timeout (900 s)",
-        )
-    )
-    verdict = Verdict(
-        kind=COULD_NOT_MEASURE,
-        exit_code=2,
-        causes=tuple(causes),
-        checks=tuple(checks),
-        baseline_run_id="20261123-020000-b7c1",
-    )
-    regressions = (
-        Regression("pi4", "quantized", "short", 0.262, 0.294, 1.122, 1.071, 1.183, 0.0004, regressed=True),
-        Regression("pi4", "pruned", "short", 0.311, 0.305, 0.981, 0.944, 1.021, 0.41),
-        Regression("n100", "pruned+quantized", "short", 0.071, 0.064, 0.90, 0.86, 0.94, 0.002, improved=True),
-    )
+    gate_verdict = {
+        "format": "edgebench.verdict",
+        "version": 1,
+        "outcome": "could_not_measure",
+        "outcomes": ["could_not_measure", "budget_failed", "regressed"],
+        "exit_code": 2,
+        "checks": checks,
+        "unmeasured": [
+            {"device": "n100", "variant": "distilled", "status": "timeout",
+             "error": "measurement exceeded its timeout (900 s)"}
+        ],
+        "regressions": [c for c in COMPARISONS if c["verdict"] == "regressed"],
+        "comparisons": COMPARISONS,
+        "baselines": {"pi4": BASELINE, "n100": BASELINE},
+        "warnings": [],
+        "budgets": default_budgets().to_dict(),
+    }  # fmt: skip
+    verdict = verdict_from_gate(gate_verdict)
+    regressions = tuple(regressions_from_gate(gate_verdict))
     history = []
     for i in range(10):
         rid = f"202611{14 + i:02d}-020000-{i:04x}"
@@ -242,7 +245,7 @@ def make_report_data(
         regressions=regressions,
         history=tuple(history),
         audio=tuple(audio),
-        budgets=BUDGETS,
+        budgets=tuple(budget_lines_from_gate(gate_verdict["budgets"])),
     )
 
 

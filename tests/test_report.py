@@ -10,6 +10,8 @@ import pytest
 from records import make_identity, make_manifest, make_record
 from report_data import make_report_data
 
+from harness import gate
+from harness.budgets import default_budgets
 from harness.cli import main
 from harness.store import Store
 from reports import charts
@@ -59,7 +61,7 @@ def test_verdict_and_its_causes_come_first(html):
     assert causes[0] == ("could not measure", "n100 · distilled")
     assert ("budget failed", "pi4 · original") in causes
     assert "Latency p90 (short) = 1.15 s vs budget ≤ 800 ms" in banner
-    assert "median 1.12× the baseline (95 % CI 1.07–1.18, p = 0.0004)" in banner
+    assert "short sentences: median 1.12× the baseline (95 % CI 1.07–1.18, p = 0.0004)" in banner
 
 
 def test_comparison_tables_matrix_and_sections(html):
@@ -147,24 +149,19 @@ def test_charts_are_deterministic():
 
 
 def _store_run(path: Path, artifacts_root: Path) -> tuple[Store, str]:
-    """Two runs in a real store file: a baseline and the run under test, with samples WAVs."""
+    """Two gated runs in a real store file: a passing baseline night, then a night where original got
+    5x slower (budget failed, regressed) and quantized timed out (could not measure)."""
     import numpy as np
     import soundfile as sf
 
     store = Store(path)
     variants = ["original", "pruned", "quantized"]
-    run_ids = []
+    run_id = ""
     for night, started in enumerate(("2026-11-22T02:00:00+00:00", "2026-11-23T02:00:00+00:00")):
-        rid = store.start_run(
-            {"preset": "tiny"},
-            {"latency_p90_ms": 800},
-            "test",
-            "tiny",
-            variants,
-            ["pi4-a"],
-            run_id=f"2026112{2 + night}-020000-000{night}",
-            started_at=started,
-        )
+        run_id = store.start_run(
+            {"preset": "tiny"}, default_budgets().to_dict(), "test", "tiny", variants, ["pi4-a"],
+            run_id=f"2026112{2 + night}-020000-000{night}", started_at=started,
+        )  # fmt: skip
         for i, v in enumerate(variants):
             manifest = make_manifest(v, acoustic_bytes=48_500_000 // (i + 1))
             folder = artifacts_root / v
@@ -173,79 +170,20 @@ def _store_run(path: Path, artifacts_root: Path) -> tuple[Store, str]:
             for emotion in ("neutral", "happy"):
                 sf.write(folder / "samples" / f"{emotion}.wav", np.zeros(1600, dtype="float32"), 16000)
                 manifest["samples"][emotion] = f"samples/{emotion}.wav"
-            store.record_artifact(rid, v, str(folder), manifest)
+            store.record_artifact(run_id, v, str(folder), manifest)
+            identity = make_identity("pi4-a")
             if v == "quantized" and night == 1:
-                store.record_attempt(
-                    rid,
-                    "pi4-a",
-                    make_identity("pi4-a"),
-                    v,
-                    "timeout",
-                    "measurement timed out after 900 s",
-                    None,
-                )
+                store.record_attempt(run_id, "pi4-a", identity, v, "timeout", "timed out after 900 s", None)
                 continue
+            slowdown = 5.0 if (v == "original" and night == 1) else 1.0 - 0.3 * i
+            throttled = v == "original" and night == 1
             record = make_record(
-                v,
-                seed=night * 10 + i,
-                slowdown=1.0 - 0.3 * i,
-                throttled=(v == "original" and night == 1),
-                hostname=HOSTILE,
+                v, seed=night * 10 + i, slowdown=slowdown, throttled=throttled, hostname=HOSTILE
             )
-            store.record_attempt(rid, "pi4-a", make_identity("pi4-a"), v, "ok", None, record)
-        store.finish_run(rid, "complete" if night == 0 else "incomplete")
-        run_ids.append(rid)
-    store.save_verdict(
-        run_ids[1],
-        {
-            "outcome": COULD_NOT_MEASURE,
-            "exit_code": 2,
-            "baseline_run_id": run_ids[0],
-            "causes": [
-                {
-                    "kind": COULD_NOT_MEASURE,
-                    "device": "pi4-a",
-                    "variant": "quantized",
-                    "message": "timeout: measurement timed out after 900 s",
-                },
-                {
-                    "kind": BUDGET_FAILED,
-                    "device": "pi4-a",
-                    "variant": "original",
-                    "metric": "latency_p90_s",
-                    "length_class": "short",
-                    "value": 0.9,
-                    "limit": 0.8,
-                },
-            ],
-            "checks": [
-                {
-                    "device": "pi4-a",
-                    "variant": "original",
-                    "metric": "latency_p90_s",
-                    "length_class": "short",
-                    "value": 0.9,
-                    "limit": 0.8,
-                    "passed": False,
-                }
-            ],
-            "regressions": [
-                {
-                    "device": "pi4-a",
-                    "variant": "pruned",
-                    "length_class": "short",
-                    "baseline_median_s": 0.1,
-                    "current_median_s": 0.11,
-                    "ratio": 1.1,
-                    "ci_low": 1.02,
-                    "ci_high": 1.2,
-                    "p_value": 0.01,
-                    "regressed": True,
-                }
-            ],
-        },
-    )
-    return store, run_ids[1]
+            store.record_attempt(run_id, "pi4-a", identity, v, "ok", None, record)
+        store.finish_run(run_id, "complete" if night == 0 else "incomplete")
+        gate.evaluate(store, run_id, save=True)  # saved: the first night becomes the second's baseline
+    return store, run_id
 
 
 @pytest.fixture()
@@ -275,14 +213,29 @@ def test_report_data_from_a_real_store(store_run):
     assert data.devices[0].facts_before["cpu_model"] == "Cortex-A72"
     assert {p.run_id for p in data.history} == {"20261122-020000-0000", run_id}
     assert {(c.variant, c.emotion) for c in data.audio} >= {("original", "happy"), ("quantized", "neutral")}
-    assert data.regressions[0].regressed and data.regressions[0].ratio == 1.1
+    # The gate's verdict, in the report's units: checks in SI, causes naming device/variant/metric.
+    assert data.verdict.baselines == {"pi4-a": "20261122-020000-0000"}
+    kinds = {(c.kind, c.variant) for c in data.verdict.causes}
+    assert {(COULD_NOT_MEASURE, "quantized"), (BUDGET_FAILED, "original"), (REGRESSION, "original")} <= kinds
+    check = data.verdict.check("pi4-a", "original", "latency_p90_s", "short")
+    assert check.failed and check.limit == pytest.approx(0.8)
+    assert check.value == pytest.approx(orig.latency["short"].p90_s)
+    rss = data.verdict.check("pi4-a", "pruned", "peak_rss_bytes")
+    assert rss.passed and rss.limit == 512 * 2**20
+    regressed = [r for r in data.regressions if r.regressed]
+    assert {(r.variant, r.length_class) for r in regressed} >= {("original", "short")}
+    assert all(r.ratio > 4 and r.p_value < 0.01 for r in regressed)
+    assert any(b.metric == "latency_p90_ms_short" and b.limit == "≤ 800 ms" for b in data.budgets)
 
 
 def test_render_run_from_a_real_store(store_run, tmp_path):
     store, run_id = store_run
     report = render_run(store, run_id, tmp_path / "out")
     text = report.read_text(encoding="utf-8")
-    assert "Could not measure" in text and "measurement timed out after 900 s" in text
+    assert "Could not measure" in text and "timeout: timed out after 900 s" in text
+    assert "Latency p90 (short) = " in text and "vs budget ≤ 800 ms" in text
+    # The regression's size and confidence in the banner.
+    assert re.search(r"short sentences: median \d\.\d\d× the baseline \(95 % CI \d\.\d\d–\d\.\d\d, p = ", text)
     assert HOSTILE not in text and "&lt;script&gt;" in text
     assert (tmp_path / "out" / "audio" / "original" / "happy.wav").is_file()
     assert len(re.findall(r"<svg\b", text)) >= 4
@@ -314,4 +267,4 @@ def test_regression_verdict_names_the_ratio(tmp_path):
     verdict = Verdict(REGRESSION, 1, causes=causes)
     data = replace(data, verdict=verdict, samples={}, history=())
     text = render_report(data, tmp_path).read_text(encoding="utf-8")
-    assert "pi4 · quantized" in text and "short median 1.12× the baseline" in text
+    assert "pi4 · quantized" in text and "short sentences: median 1.12× the baseline" in text

@@ -118,7 +118,7 @@ def test_markdown_marks_every_checked_cell(data):
     md = tables.to_markdown(tables.comparison_tables(data), title="run x")
     assert md.startswith("# run x\n")
     assert "## pi4" in md and "## n100" in md
-    assert "✗ 690 MB (≤ 512 MB)" in md
+    assert "✗ 690 MiB (≤ 512 MiB)" in md
     assert "✓" in md
     assert "distilled (timeout)" in md
     # Each table row has as many cells as the header.
