@@ -476,7 +476,9 @@ class Sambert(nn.Module):
             if teacher.size(1) < padded:
                 teacher = F.pad(teacher, (0, 0, 0, padded - teacher.size(1)))
             dec = self.decoder.teacher_forced(teacher, memory, band)
-        mel_decoder = dec.reshape(b, padded, self.cfg.n_mels)
+        # frames past each item's length (padding to a multiple of r) are zeroed before the post-net
+        valid = (torch.arange(padded, device=sy.device).unsqueeze(0) < frames.unsqueeze(1)).unsqueeze(-1)
+        mel_decoder = dec.reshape(b, padded, self.cfg.n_mels) * valid.to(dec.dtype)
         mel = mel_decoder + self.postnet(mel_decoder)
         return AcousticOutput(
             mel=mel[:, :max_frames],
