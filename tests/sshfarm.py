@@ -16,6 +16,7 @@ farm.stop_all()
 
 from __future__ import annotations
 
+import atexit
 import base64
 import getpass
 import os
@@ -165,6 +166,7 @@ class SSHFarm:
         self.authorized_keys.write_text((self.root / "client_key.pub").read_text())
         self.user = getpass.getuser()
         self.servers: dict[str, SSHServer] = {}
+        atexit.register(self.stop_all)   # a crashed test or script must not leave sshd running
 
     def add(self, name: str, trusted: bool = False, start: bool = True) -> SSHServer:
         d = self.root / name
