@@ -328,3 +328,59 @@ def test_cli_rejects_bad_arguments_with_exit_2_and_nothing_on_stdout(args):
     out = agent(*args)
     assert out.returncode == 2
     assert out.stdout == ""
+
+
+# ------------------------------------------------------------------------------ one synthesis, timed
+
+
+class _Seq:
+    def __init__(self, n):
+        self.n = n
+
+    def to_tensors(self):
+        import torch
+
+        return {"sy": torch.zeros(1, self.n, dtype=torch.long)}
+
+
+def test_synthesizer_times_each_stage_on_one_clock(monkeypatch):
+    import torch
+
+    from devices.agent.worker import SAMPLE_RATE, Synthesizer
+
+    now = [0.0]
+
+    def clock():
+        return now[0]
+
+    class Frontend:
+        @staticmethod
+        def text_to_ids(text, emotion):
+            now[0] += 0.001
+            return _Seq(len(text) * 2)
+
+    class Out:
+        mel = torch.zeros(1, 40, 80)
+
+    def acoustic(**inputs):
+        now[0] += 0.25
+        return Out()
+
+    def vocoder(mel):
+        assert mel.shape == (1, 80, 40)
+        now[0] += 0.5
+        return torch.zeros(1, 1, 40 * 200)
+
+    Sentence = type("Sentence", (), {"id": "short-01", "text": "今天天气真好", "length_class": "short"})
+    synth = Synthesizer(Frontend, acoustic, vocoder, clock)
+    got = synth((Sentence, "happy"))
+    assert got["sentence_id"] == "short-01" and got["emotion"] == "happy" and got["length_class"] == "short"
+    assert (got["phones"], got["frames"], got["audio_s"]) == (12, 40, 40 * 200 / SAMPLE_RATE)
+    assert got["frontend_s"] == pytest.approx(0.001) and got["acoustic_s"] == pytest.approx(0.25)
+    assert got["vocoder_s"] == pytest.approx(0.5) and got["total_s"] == pytest.approx(0.751)
+
+    from devices.agent import worker
+
+    monkeypatch.setattr(worker.os, "getppid", lambda: -1)   # the supervisor died: stop, never run alone
+    with pytest.raises(worker.WorkerError, match="supervisor went away"):
+        synth((Sentence, "happy"))

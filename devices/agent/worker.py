@@ -159,8 +159,11 @@ class Synthesizer:
         self.acoustic = acoustic
         self.vocoder = vocoder
         self.clock = clock
+        self.parent = os.getppid()
 
     def __call__(self, item) -> dict:
+        if os.getppid() != self.parent:
+            raise WorkerError("the supervisor went away; stopping")  # orphaned: never load the device alone
         sentence, emotion = item
         clock = self.clock
         t0 = clock()
