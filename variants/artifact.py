@@ -374,10 +374,12 @@ def _torch_load(path: Path, quantized: bool):
     kwargs: Dict[str, Any] = {"map_location": "cpu"}
     # Dynamically quantized LSTMs pickle torch.ScriptObjects, which weights_only loading refuses; those
     # files are only loaded after their sha256 matched the manifest.
-    try:
-        return torch.load(io.BytesIO(data), weights_only=not quantized, **kwargs)
-    except TypeError:  # pragma: no cover - torch without weights_only
-        return torch.load(io.BytesIO(data), **kwargs)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")  # torch's own, quantized
+        try:
+            return torch.load(io.BytesIO(data), weights_only=not quantized, **kwargs)
+        except TypeError:  # pragma: no cover - torch without weights_only
+            return torch.load(io.BytesIO(data), **kwargs)
 
 
 def _load_component(dir: Path, config: Mapping[str, Any], component: str) -> torch.nn.Module:

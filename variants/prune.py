@@ -303,21 +303,26 @@ def unstructured_prune(acoustic: nn.Module, amount: float) -> Tuple[nn.Module, D
     """L1 unstructured pruning of every attention/FFN projection weight; masks folded in (``prune.remove``).
 
     The tensors keep their shape (zeros are stored), so the size on disk does not change: the point of
-    the seed article's table row. Returns ``(pruned copy, report)``.
+    the seed article's table row. Models without the reference structure get every Linear pruned.
+    Returns ``(pruned copy, report)``.
     """
     from torch.nn.utils import prune as tprune
 
     model = copy.deepcopy(acoustic)
     zeroed = total = 0
-    for t in prunable_modules(model):
-        mod = _get(model, t.path)
-        for name in UNSTRUCTURED_TARGETS:
-            sub = getattr(mod, name, None)
-            if sub is None or not hasattr(sub, "weight"):
-                continue
-            tprune.l1_unstructured(sub, name="weight", amount=amount)
-            tprune.remove(sub, "weight")
-            zeroed += int((sub.weight == 0).sum())
-            total += sub.weight.numel()
+    try:
+        targets = [
+            getattr(_get(model, t.path), name)
+            for t in prunable_modules(model)
+            for name in UNSTRUCTURED_TARGETS
+            if hasattr(getattr(_get(model, t.path), name, None), "weight")
+        ]
+    except RecipeError:  # a user model without the reference structure: every Linear
+        targets = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    for sub in targets:
+        tprune.l1_unstructured(sub, name="weight", amount=amount)
+        tprune.remove(sub, "weight")
+        zeroed += int((sub.weight == 0).sum())
+        total += sub.weight.numel()
     model.eval()
     return model, {"zeroed": zeroed, "of": total, "sparsity": zeroed / max(1, total)}
