@@ -1,0 +1,206 @@
+"""``edgebench run``: build what is missing, measure every (device, variant) pair, store, gate, report.
+
+With no configuration at all it builds the four core variants of the reference model (``base`` preset),
+measures them on the built-in ``local`` device and writes the HTML report: the README's main job.
+The exit code is the gate's (0 pass, 1 budget failed or regression, 2 could not measure / bad input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from harness import __version__, paths
+from harness.errors import UserError
+
+NAME = "run"
+HELP = "Build the variants, measure them on the devices, store every sample, gate and write the report."
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="edgebench.toml (default: ./edgebench.toml if present)")
+    parser.add_argument("--preset", help="reference model preset: tiny, base or large (default: base)")
+    parser.add_argument("--variants", type=_csv, help="comma-separated variant names (default: 4 core)")
+    parser.add_argument("--devices", type=_csv, help="comma-separated device names or tag:T (default: local)")
+    parser.add_argument("--out", type=Path, help="report directory (default: edgebench-out/RUN_ID)")
+    parser.add_argument("--resume", metavar="RUN_ID", help="finish a run: measure only the missing pairs")
+    parser.add_argument("--json", action="store_true", help="print the run's outcome and verdict as JSON")
+    parser.add_argument("--store", type=Path, help="results database (default: .edgebench/results.sqlite)")
+    parser.add_argument("--inventory", type=Path, help="devices.toml (default: ./devices.toml if present)")
+    parser.add_argument("--budgets", type=Path, help="budgets.toml (default: the source article's targets)")
+    parser.add_argument("--processes", type=int, help="fresh processes per variant (default 3)")
+    parser.add_argument("--min-seconds", type=float, help="minimum steady-state seconds per process")
+    parser.add_argument("--min-iters", type=int, help="minimum steady-state iterations per process")
+    parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
+
+
+def from_args(args: argparse.Namespace) -> int:
+    return run(
+        config_path=args.config,
+        preset=args.preset,
+        variants=args.variants,
+        devices=args.devices,
+        out=args.out,
+        resume=args.resume,
+        json_output=args.json,
+        store_path=args.store,
+        inventory_path=args.inventory,
+        budgets_path=args.budgets,
+        processes=args.processes,
+        min_seconds=args.min_seconds,
+        min_iters=args.min_iters,
+        report=not args.no_report,
+    )
+
+
+def run(
+    *,
+    config_path: Path | None = None,
+    preset: str | None = None,
+    variants: list[str] | None = None,
+    devices: list[str] | None = None,
+    out: Path | None = None,
+    resume: str | None = None,
+    json_output: bool = False,
+    store_path: Path | None = None,
+    inventory_path: Path | None = None,
+    budgets_path: Path | None = None,
+    processes: int | None = None,
+    min_seconds: float | None = None,
+    min_iters: int | None = None,
+    report: bool = True,
+) -> int:
+    # Imported here so `edgebench --help` stays fast (torch is heavy).
+    from devices.bundle import build_bundle
+    from devices.inventory import load_inventory
+    from harness import gate as gate_mod
+    from harness import orchestrate
+    from harness.budgets import load_budgets
+    from harness.config import load_config
+    from harness.progress import Progress
+    from harness.store import Store
+    from variants.build import build_variants
+
+    state = paths.state_dir()
+    cfg = load_config(config_path)
+    store = Store(store_path or cfg.store or paths.results_db_path(state))
+    if resume:
+        # A resumed run finishes what its stored configuration asked for, whatever the flags say.
+        orchestrate.check_resumable(store, resume)
+        cfg = load_config(None, data=store.run(resume)["config"], source=f"run {resume}")
+    overrides = {
+        "preset": preset,
+        "variants": variants,
+        "devices": devices,
+        "inventory": inventory_path,
+        "budgets": budgets_path,
+    }
+    if not resume:
+        cfg = cfg.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
+    protocol = cfg.protocol
+    proto_overrides = {"processes": processes, "min_seconds": min_seconds, "min_iters": min_iters}
+    proto_overrides = {k: v for k, v in proto_overrides.items() if v is not None}
+    if proto_overrides and not resume:
+        protocol = replace(protocol, **proto_overrides)
+        cfg = cfg.with_overrides(protocol=protocol)
+
+    inventory = load_inventory(cfg.inventory)
+    selected = inventory.select(cfg.devices)
+    budgets = load_budgets(
+        cfg.budgets,
+        device_classes={d.budget_class for d in inventory.devices.values() if d.budget_class},
+        variants=cfg.variants,
+    )
+
+    progress = Progress(enabled=not json_output)
+    with progress:
+        built = build_variants(
+            preset=cfg.preset,
+            variants=cfg.variants,
+            out=paths.cache_dir(state) / "artifacts",
+            seed=cfg.seed,
+            cache_dir=paths.cache_dir(state) / "build",
+            model_factory=cfg.model,
+            model_config=cfg.model_config,
+            recipes=cfg.recipes,
+            progress=progress.callback("build"),
+        )
+        artifacts = {b.name: b.path for b in built}
+
+        if resume:
+            run_id = resume
+            missing = set(store.missing_pairs(run_id))
+            pairs = [(d, v) for d in selected for v in cfg.variants if (d.name, v) in missing]
+        else:
+            run_id = store.start_run(
+                config=cfg.to_dict(),
+                budgets=budgets.to_dict(),
+                code_version=__version__,
+                preset=cfg.preset,
+                variants=list(cfg.variants),
+                devices=[d.name for d in selected],
+            )
+            pairs = [(d, v) for d in selected for v in cfg.variants]
+        for b in built:
+            store.record_artifact(run_id, b.name, str(b.path), b.manifest)
+
+        bundle = build_bundle(state)
+        task = progress.add_task(f"measure {run_id}", total=len(pairs))
+        started = time.monotonic()
+        outcomes = orchestrate.measure_all(
+            store,
+            run_id,
+            pairs,
+            artifacts,
+            protocol,
+            known_hosts=paths.known_hosts_path(state),
+            run_timeout_s=cfg.run_timeout_s,
+            bundle=bundle,
+            state_dir=state,
+            on_pair=lambda o: progress.advance(task, f"{o.device}/{o.variant}: {o.status}"),
+        )
+        complete = not store.missing_pairs(run_id)
+        store.finish_run(run_id, "complete" if complete else "incomplete")
+
+        classes = {d.name: d.budget_class for d in selected}
+        verdict = gate_mod.evaluate(store, run_id, budgets, device_classes=classes)
+        report_path = None
+        if report:
+            from reports.render import render_run
+
+            out_dir = out or Path(cfg.out_dir) / run_id
+            report_path = render_run(store, run_id, out_dir)
+
+    elapsed = time.monotonic() - started
+    if json_output:
+        payload = {
+            "run_id": run_id,
+            "complete": complete,
+            "pairs": [o.__dict__ for o in outcomes],
+            "verdict": verdict.to_dict(),
+            "exit_code": verdict.exit_code,
+            "report": str(report_path) if report_path else None,
+        }
+        json.dump(payload, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        for o in outcomes:
+            if o.status != "ok":
+                print(f"  {o.device}/{o.variant}: {o.status}: {o.error}", file=sys.stderr)
+        print(f"run {run_id}: {len(outcomes)} pair(s) measured in {elapsed:.0f}s; "
+              f"verdict: {verdict.outcome} (exit {verdict.exit_code})")
+        if report_path:
+            print(f"report: {report_path}")
+        if not complete:
+            print(f"resume with: edgebench run --resume {run_id}")
+    if verdict.exit_code not in (0, 1, 2):
+        raise UserError(f"internal: unexpected exit code {verdict.exit_code}")
+    return verdict.exit_code
