@@ -350,8 +350,8 @@ def pareto(data: ReportData, device: str) -> Optional[str]:
                 linewidth=1.1,
                 label=f"size budget {size_limit / 1e6:.0f} MB",
             )
-        ax.set_xlim(left=0)
-        ax.set_ylim(bottom=0)
+        ax.set_xlim(0, max(p[1] for p in pts + [("", (size_limit or 0) / 1e6, 0, None)]) * 1.08)
+        ax.set_ylim(0, max(p[2] for p in pts + [("", 0, (lat_limit or 0) * 1000, None)]) * 1.12)
         ax.set_xlabel("acoustic model size (MB; the vocoder is the same in every variant)")
         ax.set_ylabel(f"{HEADLINE_CLASS}-sentence p90 (ms)")
         ax.set_title("Size vs latency vs fidelity")

@@ -36,6 +36,8 @@ from reports.model import (
 REPORT_FILE = "report.html"
 CSV_FILE = "comparison.csv"
 MARKDOWN_FILE = "comparison.md"
+# The banner lists this many causes, then says how many more there are.
+MAX_CAUSES = 12
 # A WAV this small or smaller is embedded in the HTML (base64) rather than copied beside it.
 DEFAULT_EMBED_AUDIO_MAX_BYTES = 0
 
@@ -204,6 +206,7 @@ def render_html(data: ReportData, audio: AudioGrid, generated_at: Optional[str] 
         verdict_icon=icon,
         verdict_summary=summary,
         causes=cause_lines(data),
+        max_causes=MAX_CAUSES,
         sections=sections,
         matrix=tables.headline_matrix(data),
         headline_class=HEADLINE_CLASS,
