@@ -1,0 +1,73 @@
+"""Fixtures of the variants benchmarks: the variants of one preset, built (or fetched) through the cache.
+
+Environment:
+  EDGEBENCH_BENCH_PRESET    tiny (default) | base | large
+  EDGEBENCH_BENCH_VARIANTS  comma-separated variant names (default: all built-in variants)
+  EDGEBENCH_BENCH_THREADS   torch intra-op threads while timing (default: 1)
+  EDGEBENCH_BENCH_CACHE     build cache directory (default: the state dir's cache/build, which
+                            `edgebench build` fills, so a prior build makes this start at once)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from variants.recipes import BUILTIN_VARIANTS
+
+PRESET = os.environ.get("EDGEBENCH_BENCH_PRESET", "tiny")
+VARIANTS = [v for v in os.environ.get("EDGEBENCH_BENCH_VARIANTS", ",".join(BUILTIN_VARIANTS)).split(",") if v]
+THREADS = int(os.environ.get("EDGEBENCH_BENCH_THREADS", "1"))
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("EDGEBENCH_BENCH_CACHE"):
+        return Path(os.environ["EDGEBENCH_BENCH_CACHE"])
+    from harness import paths
+
+    return paths.cache_dir() / "build"
+
+
+def pytest_generate_tests(metafunc):
+    if "variant" in metafunc.fixturenames:
+        metafunc.parametrize("variant", VARIANTS)
+
+
+@pytest.fixture(scope="session")
+def bench_settings():
+    return {"preset": PRESET, "threads": THREADS, "rounds": {"tiny": 10, "base": 7}.get(PRESET, 5)}
+
+
+@pytest.fixture(scope="session")
+def built_variants(tmp_path_factory):
+    """name -> BuiltVariant for every benchmarked variant (quality proxies kept if the cache has them)."""
+    from variants.build import build_variants
+
+    built = build_variants(
+        preset=PRESET,
+        variants=VARIANTS,
+        out=tmp_path_factory.mktemp("artifacts"),
+        cache_dir=_cache_dir(),
+        quality=False,
+    )
+    return {b.name: b for b in built}
+
+
+@pytest.fixture(scope="session")
+def short_inputs():
+    """The corpus' short sample sentence, neutral emotion, as model inputs."""
+    from variants.corpus import sample_sentence
+    from variants.frontend import text_to_ids
+
+    return text_to_ids(sample_sentence().text, emotion="neutral").to_tensors()
+
+
+@pytest.fixture(autouse=True)
+def bench_threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield THREADS
+    torch.set_num_threads(old)
