@@ -132,6 +132,10 @@ def print_comparisons(comparisons, out, title: str) -> None:
                   f"{c.baseline_median * 1e3:.1f} ms", f"{c.candidate_median * 1e3:.1f} ms", ratio, ci, p,
                   f"[{style}]{c.verdict}[/]" if style else c.verdict)
     out.print(t)
+    counts: dict[str, int] = {}
+    for c in comparisons:
+        counts[c.verdict] = counts.get(c.verdict, 0) + 1
+    out.print(", ".join(f"{n} {verdict}" for verdict, n in sorted(counts.items())))
 
 
 def from_args(args: argparse.Namespace) -> int:

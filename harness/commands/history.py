@@ -59,7 +59,8 @@ def from_args(args: argparse.Namespace) -> int:
 
     out = Console(highlight=False)
     runs = Table(title="Runs")
-    for col in ("run", "started", "status", "verdict", "ok / attempts", "variants", "devices"):
+    runs.add_column("run", no_wrap=True, min_width=20)  # run ids must stay whole: people copy them
+    for col in ("started", "status", "verdict", "ok / attempts", "variants", "devices"):
         runs.add_column(col)
     for r in data["runs"]:
         runs.add_row(r["run_id"], r["started_at"][:19], r["status"], r["outcome"] or "—",
@@ -67,8 +68,8 @@ def from_args(args: argparse.Namespace) -> int:
     out.print(runs)
     if data["rows"]:
         t = Table(title="Latency (total synthesis time, nearest-rank percentiles)")
-        for col in ("run", "device", "identity", "variant", "class", "n", "p50", "p90", "p99", "RTF",
-                    "peak RSS"):
+        t.add_column("run", no_wrap=True, min_width=20)
+        for col in ("device", "identity", "variant", "class", "n", "p50", "p90", "p99", "RTF", "peak RSS"):
             t.add_column(col, justify="right" if col in ("n", "p50", "p90", "p99", "RTF", "peak RSS")
                          else "left")
         for r in data["rows"]:
