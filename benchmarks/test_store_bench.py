@@ -1,0 +1,45 @@
+"""Store throughput: recording a realistic run (4 variants x 3 processes x 60 samples per process, 20 per
+length class) and computing its summary_df, on a real SQLite file (WAL, one transaction per attempt).
+
+    pytest benchmarks/test_store_bench.py --benchmark-only
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from records import make_identity, make_manifest, make_record  # noqa: E402
+
+from harness.budgets import default_budgets  # noqa: E402
+from harness.store import Store  # noqa: E402
+
+VARIANTS = ("original", "pruned", "quantized", "pruned+quantized")
+RECORDS = {v: make_record(v, processes=3, samples_per_class=60, seed=i) for i, v in enumerate(VARIANTS)}
+
+
+def record_run(st: Store) -> str:
+    rid = st.start_run({"preset": "base"}, default_budgets().to_dict(), "bench", "base", list(VARIANTS),
+                       ["pi4-a"])
+    for v in VARIANTS:
+        st.record_artifact(rid, v, f"/artifacts/{v}", make_manifest(v))
+        st.record_attempt(rid, "pi4-a", make_identity("pi4-a"), v, "ok", None, RECORDS[v])
+    st.finish_run(rid, "complete")
+    return rid
+
+
+def test_insert_a_realistic_run(benchmark, tmp_path):
+    st = Store(tmp_path / "results.sqlite")
+    rid = benchmark(record_run, st)
+    assert len(st.samples_df(rid)) == len(VARIANTS) * 3 * 60
+    st.close()
+
+
+def test_summary_df_of_a_realistic_run(benchmark, tmp_path):
+    st = Store(tmp_path / "results.sqlite")
+    rid = record_run(st)
+    summary = benchmark(st.summary_df, rid)
+    assert len(summary) == len(VARIANTS) * 3 and set(summary["n"]) == {60}
+    st.close()
