@@ -31,6 +31,45 @@ def _cache_dir() -> Path:
     return paths.cache_dir() / "build"
 
 
+_RESULTS: dict = {}  # (variant, stage) -> {"median_s": ..., "manifest": ...}, filled by the benchmarks
+
+
+@pytest.fixture(scope="session")
+def bench_results():
+    """Where the benchmarks leave their medians for the summary table printed at the end."""
+    return _RESULTS
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One table per run: size, params, acoustic/vocoder median and quality proxies per variant."""
+    if not _RESULTS:
+        return
+    tr = terminalreporter
+    tr.section(f"variants summary ({PRESET}, {THREADS} thread(s), short sentence, median)")
+    tr.write_line(
+        f"{'variant':18} {'acoustic MB':>11} {'params':>11} {'acoustic ms':>11} {'vocoder ms':>10} "
+        f"{'frames':>6} {'MCD dB':>7} {'mel L1':>7} {'emotion id':>10}"
+    )
+    for name in VARIANTS:
+        ac, vo = _RESULTS.get((name, "acoustic")), _RESULTS.get((name, "vocoder"))
+        m = (ac or vo or {}).get("manifest")
+        if m is None:
+            continue
+        q = m.get("quality") or {}
+
+        def fmt(value, spec):
+            return format(value, spec) if value is not None else "-"
+
+        ac_ms = fmt(ac and ac["median_s"] * 1e3, "11.1f")
+        vo_ms = fmt(vo and vo["median_s"] * 1e3, "10.1f")
+        tr.write_line(
+            f"{name:18} {m['sizes']['acoustic'] / 1e6:11.2f} {m['params']['acoustic']:11,} "
+            f"{ac_ms:>11} {vo_ms:>10} "
+            f"{fmt(ac and ac['frames'], '6d'):>6} {fmt(q.get('mcd_db'), '7.2f'):>7} "
+            f"{fmt(q.get('mel_l1'), '7.4f'):>7} {fmt(q.get('emotion_id_accuracy'), '10.0%'):>10}"
+        )
+
+
 def pytest_generate_tests(metafunc):
     if "variant" in metafunc.fixturenames:
         metafunc.parametrize("variant", VARIANTS)

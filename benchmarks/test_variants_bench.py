@@ -31,8 +31,11 @@ def _group(benchmark, settings, stage):
     benchmark.group = f"{stage} ({settings['preset']}, {threads} thread{'s' if threads > 1 else ''})"
 
 
-def _info(benchmark, settings, built, stage, frames):
+def _info(benchmark, settings, built, stage, frames, results):
     m = built.manifest
+    stats = getattr(benchmark, "stats", None)
+    if stats is not None:  # None under --benchmark-disable
+        results[(built.name, stage)] = {"median_s": stats.stats.median, "frames": frames, "manifest": m}
     benchmark.extra_info.update(
         {
             "preset": settings["preset"],
@@ -46,7 +49,7 @@ def _info(benchmark, settings, built, stage, frames):
     )
 
 
-def test_acoustic(benchmark, bench_settings, built_variants, loaded, short_inputs, variant):
+def test_acoustic(benchmark, bench_settings, bench_results, built_variants, loaded, short_inputs, variant):
     model = loaded(variant).acoustic
     _group(benchmark, bench_settings, "acoustic")
 
@@ -56,10 +59,12 @@ def test_acoustic(benchmark, bench_settings, built_variants, loaded, short_input
 
     out = benchmark.pedantic(run, rounds=bench_settings["rounds"], warmup_rounds=1, iterations=1)
     assert out.mel.shape[-1] == 80
-    _info(benchmark, bench_settings, built_variants[variant], "acoustic", int(out.mel.shape[1]))
+    _info(
+        benchmark, bench_settings, built_variants[variant], "acoustic", int(out.mel.shape[1]), bench_results
+    )
 
 
-def test_vocoder(benchmark, bench_settings, built_variants, loaded, short_inputs, variant):
+def test_vocoder(benchmark, bench_settings, bench_results, built_variants, loaded, short_inputs, variant):
     art = loaded(variant)
     _group(benchmark, bench_settings, "vocoder")
     with torch.inference_mode():
@@ -71,4 +76,4 @@ def test_vocoder(benchmark, bench_settings, built_variants, loaded, short_inputs
 
     wav = benchmark.pedantic(run, rounds=bench_settings["rounds"], warmup_rounds=1, iterations=1)
     assert wav.shape[-1] == mel.shape[-1] * 200
-    _info(benchmark, bench_settings, built_variants[variant], "vocoder", int(mel.shape[-1]))
+    _info(benchmark, bench_settings, built_variants[variant], "vocoder", int(mel.shape[-1]), bench_results)
