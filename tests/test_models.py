@@ -28,6 +28,15 @@ from variants.models import (
 from variants.models.sambert import Sambert
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread avoids spin-wait slowdowns on a shared, busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     cfg = get_preset("tiny")
@@ -37,6 +46,11 @@ def tiny():
 @pytest.fixture(scope="module")
 def inputs():
     return text_to_ids("今天天气真好,我很开心!", emotion="happy").to_tensors()
+
+
+@pytest.fixture(scope="module")
+def short_inputs():
+    return text_to_ids("你好。", emotion="sad").to_tensors()
 
 
 def _state_sha(module: nn.Module) -> str:
@@ -122,10 +136,10 @@ def test_tiny_shapes_and_realistic_length(tiny, inputs):
     assert float(wav.abs().max()) <= 1.0
 
 
-def test_inference_is_deterministic(tiny, inputs):
+def test_inference_is_deterministic(tiny, short_inputs):
     _, acoustic, vocoder = tiny
     with torch.inference_mode():
-        a, b = acoustic(**inputs), acoustic(**inputs)
+        a, b = acoustic(**short_inputs), acoustic(**short_inputs)
         assert torch.equal(a.mel, b.mel) and torch.equal(a.durations, b.durations)
         assert torch.equal(vocoder(a.mel.transpose(1, 2)), vocoder(b.mel.transpose(1, 2)))
 
@@ -163,33 +177,33 @@ def test_builds_match_in_a_fresh_process(tiny):
     assert result.stdout.split() == [_state_sha(acoustic), _state_sha(vocoder)]
 
 
-def test_forced_durations(tiny, inputs):
+def test_forced_durations(tiny, short_inputs):
     _, acoustic, _ = tiny
-    forced = torch.full_like(inputs["sy"], 3)
+    forced = torch.full_like(short_inputs["sy"], 3)
     forced[0, 0] = 5
     with torch.inference_mode():
-        out = acoustic(**inputs, durations=forced)
-        again = acoustic(**inputs, durations=acoustic(**inputs).durations)
-        free = acoustic(**inputs)
+        out = acoustic(**short_inputs, durations=forced)
+        again = acoustic(**short_inputs, durations=acoustic(**short_inputs).durations)
+        free = acoustic(**short_inputs)
     assert torch.equal(out.durations, forced)
     assert out.mel.shape[1] == int(forced.sum())
     assert out.log_durations.shape == forced.shape
     assert torch.equal(again.mel, free.mel)
     with pytest.raises(ValueError, match="durations shape"):
-        acoustic(**inputs, durations=forced[:, 1:])
+        acoustic(**short_inputs, durations=forced[:, 1:])
 
 
-def test_total_frames_are_capped(inputs):
+def test_total_frames_are_capped(short_inputs):
     cfg = dataclasses.replace(get_preset("tiny").acoustic, max_frames=50)
     with torch.inference_mode():
-        out = build_acoustic(cfg, seed=0)(**inputs)
+        out = build_acoustic(cfg, seed=0)(**short_inputs)
     assert 1 <= out.mel.shape[1] <= 50 and int(out.durations.min()) >= 1
 
 
 # ------------------------------------------------------------------------------------------------ decoder
 
 
-def test_kv_cache_decoder_equals_uncached_steps(tiny, inputs):
+def test_kv_cache_decoder_equals_uncached_steps(tiny):
     _, acoustic, _ = tiny
     decoder = acoustic.decoder
     torch.manual_seed(0)
@@ -215,12 +229,12 @@ def test_teacher_forced_parallel_pass_reproduces_autoregressive_output(tiny, inp
     torch.testing.assert_close(tf.mel, ar.mel, rtol=1e-4, atol=1e-4)
 
 
-def test_teacher_forced_pass_trains(tiny, inputs):
+def test_teacher_forced_pass_trains(tiny, short_inputs):
     cfg = get_preset("tiny")
     student = build_acoustic(cfg.acoustic, seed=1).train()
     with torch.inference_mode():
-        target = tiny[1](**inputs)
-    out = student(**inputs, durations=target.durations, teacher_mel=target.mel.clone())
+        target = tiny[1](**short_inputs)
+    out = student(**short_inputs, durations=target.durations, teacher_mel=target.mel.clone())
     loss = nn.functional.l1_loss(out.mel, target.mel.clone())
     loss.backward()
     assert student.decoder.layers[0].ffn.w1.weight.grad is not None
@@ -229,7 +243,7 @@ def test_teacher_forced_pass_trains(tiny, inputs):
 # ------------------------------------------------------------------------------------ compression hooks
 
 
-def test_pruned_per_layer_dims_rebuild_from_config(inputs):
+def test_pruned_per_layer_dims_rebuild_from_config(short_inputs):
     base = get_preset("tiny").acoustic
     pruned = dataclasses.replace(base, enc_heads=[1, 2], enc_ffn=[5, 64], dec_heads=[2, 1], dec_ffn=[1, 7])
     cfg = ModelConfig.from_dict(
@@ -239,16 +253,16 @@ def test_pruned_per_layer_dims_rebuild_from_config(inputs):
     assert acoustic.encoder.layers[0].attn.qkv.out_features == 3 * 1 * base.enc_d_head
     assert acoustic.decoder.layers[1].cross_attn.kv.out_features == 2 * 1 * base.dec_d_head
     with torch.inference_mode():
-        out = acoustic(**inputs)
+        out = acoustic(**short_inputs)
     assert out.mel.shape[1] == int(out.durations.sum())
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
-def test_dynamic_int8_quantization_runs(tiny, inputs):
+def test_dynamic_int8_quantization_runs(tiny, short_inputs):
     _, acoustic, _ = tiny
     quantized = torch.ao.quantization.quantize_dynamic(acoustic, {nn.Linear, nn.LSTM}, dtype=torch.qint8)
     with torch.inference_mode():
-        out = quantized(**inputs)
+        out = quantized(**short_inputs)
     assert out.mel.shape[1] == int(out.durations.sum()) and torch.isfinite(out.mel).all()
 
 
