@@ -163,8 +163,9 @@ def test_unstructured_and_distilled(built):
     assert distilled.manifest["quality"]["n"] == 7
 
 
-def test_cli_build_prints_a_table(built, capsys):
+def test_cli_build_prints_a_table(built, capsys, monkeypatch):
     root, _, _ = built
+    monkeypatch.chdir(root)  # no ./edgebench.toml here
     code = main(
         [
             "build",
@@ -185,7 +186,42 @@ def test_cli_build_prints_a_table(built, capsys):
     assert "quantized" in err  # progress on stderr
 
 
-def test_cli_bad_variant_is_one_line_exit_2(tmp_path, capsys):
+def test_cli_build_reads_user_recipes_from_the_config(built, tmp_path, capsys, monkeypatch):
+    root, b, _ = built
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "edgebench.toml"
+    config.write_text(
+        'preset = "tiny"\nvariants = ["original", "light"]\n\n'
+        '[recipes.light]\nsteps = [{step = "prune", heads = 0.0, ffn = 0.25}, {step = "quantize"}]\n'
+    )
+    code = main(
+        [
+            "build",
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "out"),
+            "--cache-dir",
+            str(root / "cache"),
+            "--no-quality",
+        ]
+    )
+    assert code == 0 and "light" in capsys.readouterr().out
+    light = json.loads((tmp_path / "out" / "light" / "manifest.json").read_text())
+    assert [s["step"] for s in light["recipe"]] == ["prune", "quantize"]
+    assert light["params"]["acoustic"] < b["original"].manifest["params"]["acoustic"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        'preset = "tiny"\nvariants = ["x"]\n[recipes.x]\nsteps = [{step = "quantize"}, {step = "prune"}]\n'
+    )
+    assert main(["build", "--config", str(bad), "--out", str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.toml: recipes.x: step 2 ('prune') comes after 'quantize'" in err
+    assert not (tmp_path / "out2").exists() and not (tmp_path / ".edgebench").exists()
+
+
+def test_cli_bad_variant_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     code = main(["build", "--preset", "tiny", "--variants", "original,tiny-pruned", "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("edgebench: error: unknown variant 'tiny-pruned'")

@@ -174,11 +174,8 @@ class _Builder:
             acoustic, cfg, report = structured_prune(
                 acoustic, model["config"], args, self.build_acoustic_for(model["factory"]), calib
             )
-            report = {
-                "encoder_decoder_params": report["encoder_decoder_params"],
-                "heads": {k: len(v) for k, v in report["kept"].items() if not k.endswith("ffn")},
-                "ffn": {k: len(v) for k, v in report["kept"].items() if k.endswith("ffn")},
-            }
+            ed = report["encoder_decoder_params"]
+            report = {"encoder_decoder_params": ed, "reduction": round(1 - ed["after"] / ed["before"], 4)}
             model["config"] = cfg
         elif step.op == "unstructured_prune":
             from variants.prune import unstructured_prune

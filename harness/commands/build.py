@@ -31,17 +31,25 @@ def _csv(text: str) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from variants.recipes import BUILTIN_VARIANTS, DEFAULT_VARIANTS
 
-    parser.add_argument("--preset", choices=PRESETS, default="base", help="model size (default: base)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="edgebench.toml with preset, variants, [recipes.NAME], model (default: ./edgebench.toml "
+        "if present)",
+    )
+    parser.add_argument("--preset", choices=PRESETS, default=None, help="model size (default: base)")
     parser.add_argument(
         "--variants",
         type=_csv,
-        default=list(DEFAULT_VARIANTS),
-        help=f"comma-separated, from: {', '.join(BUILTIN_VARIANTS)} (default: {','.join(DEFAULT_VARIANTS)})",
+        default=None,
+        help=f"comma-separated: {', '.join(BUILTIN_VARIANTS)} or [recipes.NAME] of the config "
+        f"(default: {','.join(DEFAULT_VARIANTS)})",
     )
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"artifact directory (default: {DEFAULT_OUT})"
     )
-    parser.add_argument("--seed", type=int, default=0, help="weights and recipe seed (default: 0)")
+    parser.add_argument("--seed", type=int, default=None, help="weights and recipe seed (default: 0)")
     parser.add_argument(
         "--no-quality", action="store_true", help="skip the quality proxies (MCD, emotion id)"
     )
@@ -55,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def from_args(args: argparse.Namespace) -> int:
     build(
+        config_path=args.config,
         preset=args.preset,
         variants=args.variants,
         out=args.out,
@@ -67,22 +76,29 @@ def from_args(args: argparse.Namespace) -> int:
 
 
 def build(
-    preset: str = "base",
+    preset: str | None = None,
     variants: Sequence[str] | None = None,
     out: Path = DEFAULT_OUT,
-    seed: int = 0,
+    seed: int | None = None,
     quality: bool = True,
     cache_dir: Path | None = None,
     model: str | None = None,
+    config_path: Path | None = None,
     stdout=None,
     stderr=None,
 ) -> list:
     """Build the variants, print progress to ``stderr`` and the table to ``stdout``; return them."""
     from rich.console import Console
 
+    from harness.config import load_config
     from variants.build import build_variants
-    from variants.recipes import DEFAULT_VARIANTS
 
+    cfg = load_config(config_path)  # arguments given here override the configuration
+    preset = preset or cfg.preset
+    variants = list(variants or cfg.variants)
+    seed = cfg.seed if seed is None else seed
+    model_config = cfg.model_config if model is None or model == cfg.model else None
+    model = model or cfg.model
     if preset not in PRESETS:
         raise UserError(f"--preset: unknown preset {preset!r} (known: {', '.join(PRESETS)})")
     err = Console(file=stderr or sys.stderr, highlight=False)
@@ -93,12 +109,16 @@ def build(
 
     built = build_variants(
         preset=preset,
-        variants=list(variants or DEFAULT_VARIANTS),
+        variants=variants,
         out=Path(out),
         seed=seed,
-        cache_dir=Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "build",
+        cache_dir=Path(cache_dir)
+        if cache_dir is not None
+        else paths.cache_dir(paths.state_dir(create=False)) / "build",
         quality=quality,
         model_factory=model,
+        model_config=model_config,
+        recipes=cfg.recipes,
         progress=progress,
     )
     Console(file=stdout or sys.stdout, highlight=False, width=160).print(render_table(built))
