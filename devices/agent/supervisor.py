@@ -348,6 +348,7 @@ def measure(artifact: str, variant: str, processes: int = 3, warmup: int = 2, mi
         error = lock.acquire(deadline)
     try:
         if error is None:
+            record["facts_before"] = facts_mod.collect()  # again: waiting for the lock may have taken long
             for index in range(processes):
                 share = (deadline - time.monotonic()) / (processes - index)
                 if share <= 0:
