@@ -254,6 +254,38 @@ def test_a_missing_artifact_is_a_failed_record_not_a_crash(tmp_path):
     assert record["processes"] == [] and record["artifact"] is None
 
 
+def test_two_measurements_on_one_device_never_overlap(tmp_path, monkeypatch):
+    import threading
+
+    art = make_artifact(tmp_path)
+    spans = tmp_path / "spans.log"
+    body = f"""
+        import json, sys, time
+        start = time.time()
+        time.sleep(0.3)
+        with open({str(spans)!r}, "a") as f:
+            f.write("%.6f %.6f\\n" % (start, time.time()))
+        sys.stdout.write(json.dumps({worker_doc()!r}))
+    """
+    monkeypatch.setattr(supervisor, "worker_argv", lambda args, deadline_s: script(body))
+    records = []
+
+    def one():
+        records.append(supervisor.measure(str(art), "v", processes=2, timeout_s=60, poll_interval=0.05,
+                                          log=lambda msg: None))
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    intervals = sorted(tuple(map(float, line.split())) for line in spans.read_text().splitlines())
+    assert len(intervals) == 4
+    for (_, end), (start, _) in zip(intervals, intervals[1:]):
+        assert start >= end  # one worker at a time on the device
+
+
 def test_the_lock_allows_one_measurement_at_a_time(tmp_path):
     first = supervisor.DeviceLock(str(tmp_path))
     assert first.acquire(deadline=0) is None
