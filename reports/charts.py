@@ -334,24 +334,14 @@ def pareto(data: ReportData, device: str) -> Optional[str]:
             if c.device == device and c.metric == "size_acoustic_bytes":
                 size_limit = c.limit
                 break
-        if lat_limit is not None:
-            ax.axhline(
-                lat_limit * 1000,
-                color=BUDGET_COLOUR,
-                linestyle="--",
-                linewidth=1.1,
-                label=f"p90 budget {lat_limit * 1000:.0f} ms",
-            )
-        if size_limit is not None:
-            ax.axvline(
-                size_limit / 1e6,
-                color=BUDGET_COLOUR,
-                linestyle="-.",
-                linewidth=1.1,
-                label=f"size budget {size_limit / 1e6:.0f} MB",
-            )
-        ax.set_xlim(0, max(p[1] for p in pts + [("", (size_limit or 0) / 1e6, 0, None)]) * 1.08)
-        ax.set_ylim(0, max(p[2] for p in pts + [("", 0, (lat_limit or 0) * 1000, None)]) * 1.12)
+        xmax = _budget_line(
+            ax, "x", size_limit and size_limit / 1e6, max(p[1] for p in pts), "size budget", "MB"
+        )
+        ymax = _budget_line(
+            ax, "y", lat_limit and lat_limit * 1000, max(p[2] for p in pts), "p90 budget", "ms"
+        )
+        ax.set_xlim(0, xmax * 1.08)
+        ax.set_ylim(0, ymax * 1.12)
         ax.set_xlabel("acoustic model size (MB; the vocoder is the same in every variant)")
         ax.set_ylabel(f"{HEADLINE_CLASS}-sentence p90 (ms)")
         ax.set_title("Size vs latency vs fidelity")
@@ -359,8 +349,22 @@ def pareto(data: ReportData, device: str) -> Optional[str]:
             cb = fig.colorbar(sc, ax=ax, shrink=0.85, pad=0.02)
             cb.set_label("mel distortion (dB, lower is better)")
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=8.5)
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8.5)
         return _to_svg(fig, f"Pareto view of size, latency and fidelity on {device}")
+
+
+def _budget_line(ax, axis: str, limit: Optional[float], data_max: float, name: str, unit: str) -> float:
+    """Draw a budget line when it is near the data; one far beyond it (the tiny preset's 0.5 MB model
+    against a 100 MB budget) is only named in the legend, so the points are not squashed into a corner.
+    Returns the axis maximum to use."""
+    style = {"color": BUDGET_COLOUR, "linestyle": "--" if axis == "y" else "-.", "linewidth": 1.1}
+    if limit is None:
+        return data_max
+    if limit > 2.5 * data_max:
+        ax.plot([], [], label=f"{name} {limit:g} {unit} (off the chart: every variant is within it)", **style)
+        return data_max
+    (ax.axhline if axis == "y" else ax.axvline)(limit, label=f"{name} {limit:g} {unit}", **style)
+    return max(data_max, limit)
 
 
 def _annotate(ax, points: Sequence[Tuple[str, float, float]]) -> None:

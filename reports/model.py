@@ -637,9 +637,14 @@ def _history(store, run: RunInfo) -> Iterable[TrendPoint]:
 
 def _audio(artifacts: Mapping[str, Mapping[str, Any]]) -> Iterable[AudioClip]:
     """The listening samples each artifact's manifest lists (``samples``: emotion -> relative path)."""
+    from variants.frontend import EMOTIONS  # the voice's emotion order: neutral first
+
+    def order(item: Tuple[str, Any]) -> Tuple[int, str]:
+        return (EMOTIONS.index(item[0]) if item[0] in EMOTIONS else len(EMOTIONS), item[0])
+
     for variant, entry in artifacts.items():
         base = Path(str(entry["path"]))
-        for emotion, rel in sorted(((entry.get("manifest") or {}).get("samples") or {}).items()):
+        for emotion, rel in sorted(((entry.get("manifest") or {}).get("samples") or {}).items(), key=order):
             yield AudioClip(variant=str(variant), emotion=str(emotion), source=base / str(rel))
 
 

@@ -160,7 +160,8 @@ def _device_charts(data: ReportData, device: str) -> Tuple[Tuple[str, Markup], .
             charts.latency_vs_length,
         ),
         (
-            "Size vs latency vs fidelity: down and left is better; darker is closer to the original.",
+            "Size vs latency vs fidelity: down and left is better; colour is the mel distortion against "
+            "original (yellow: closest).",
             charts.pareto,
         ),
     ):
@@ -168,6 +169,19 @@ def _device_charts(data: ReportData, device: str) -> Tuple[Tuple[str, Markup], .
         if svg:
             out.append((caption, Markup(svg)))
     return tuple(out)
+
+
+def when(iso: Optional[str]) -> str:
+    """An ISO timestamp as ``2026-11-24 19:08 UTC`` (unparseable text is shown as it is)."""
+    if not iso:
+        return "—"
+    try:
+        moment = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return iso
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _environment() -> jinja2.Environment:
@@ -180,6 +194,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["seconds"] = tables.fmt_seconds
     env.filters["pct"] = tables.fmt_ratio_pct
+    env.filters["when"] = when
     return env
 
 

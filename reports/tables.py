@@ -235,7 +235,7 @@ def _cell(data: ReportData, r: VariantResult, col: Column, ref: Optional[Variant
     check = data.verdict.check(r.device, r.variant, col.metric, col.length_class)
     status = budget = None
     if check is not None:
-        status = "pass" if check.passed else "fail"
+        status = "pass" if check.passed else ("fail" if check.failed else None)  # skipped: no value
         budget = fmt_limit(col.metric, check.limit)
     ratio = note = None
     if ref is not None and ref.variant != r.variant:

@@ -149,9 +149,14 @@ def test_article_claims_compare_measured_change_with_the_claim(data):
 
 def test_without_original_there_are_no_ratios():
     r = VariantResult("d", "pruned", sizes={"acoustic": 10}, latency={"short": LatencyStats(3, 0.1, 0.2)})
-    check = BudgetCheck("d", "pruned", "latency_p90_s", 0.2, 0.1, False, "short")
-    data = ReportData(run=RunInfo("r"), verdict=Verdict("budget_failed", 1, checks=(check,)), results=(r,))
+    checks = (
+        BudgetCheck("d", "pruned", "latency_p90_s", 0.2, 0.1, "fail", "short"),
+        BudgetCheck("d", "pruned", "mos", None, 3.8, "skipped"),  # optional, no MOS imported
+    )
+    data = ReportData(run=RunInfo("r"), verdict=Verdict("budget_failed", 1, checks=checks), results=(r,))
     table = tables.comparison_table(data, "d")
     assert all(c.ratio is None for c in table.rows[0].cells)
     assert _cell(table, "pruned", "latency_short_p90_s").status == "fail"
+    mos = _cell(table, "pruned", "mos")
+    assert (mos.status, mos.mark, mos.budget, mos.text) == (None, "", "≥ 3.80", "—")
     assert tables.article_claims(data).rows == ()
