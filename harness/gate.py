@@ -131,7 +131,7 @@ def evaluate(
     baseline: str | None = None,
     *,
     device_classes: Mapping[str, str | None] | None = None,
-    save: bool = False,
+    save: bool = True,
     seed: int = 0,
 ) -> Verdict:
     """Judge a run: budget checks per (device, variant) and regressions against ``baseline``.
@@ -139,8 +139,8 @@ def evaluate(
     ``budgets``: None uses the budgets stored with the run (the ones in force when it started).
     ``device_classes``: device name -> budget class; None reads ``budget_class`` from the inventory the
     run's configuration names (an unreadable inventory is a warning), then from the attempt's identity.
-    ``save`` stores the verdict (``store.save_verdict``) so later runs can use this one as a baseline if
-    it passed (the run command saves it itself).
+    ``save`` (default) stores the verdict (``store.save_verdict``): ``store.verdict(run_id)`` is what the
+    report shows, and a passing run becomes the baseline of later runs on the same device identity.
     """
     run = store.run(run_id)
     if budgets is None:

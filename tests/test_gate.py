@@ -138,9 +138,15 @@ def test_class_and_variant_overrides_apply(tmp_path, st):
 def test_stored_budgets_are_used_by_default(tmp_path, st):
     path = tmp_path / "budgets.toml"
     path.write_text("version = 1\n[budgets]\npeak_rss_mib = 100\n")
-    v = gate.evaluate(st, add_run(st, budgets=load_budgets(path)), device_classes={})
+    v = gate.evaluate(st, add_run(st, budgets=load_budgets(path)), device_classes={}, save=False)
     assert v.outcome == "budget_failed"
-    assert st.verdict(v.run_id) is None   # evaluate does not save unless asked
+    assert st.verdict(v.run_id) is None   # save=False: a dry run
+
+
+def test_evaluate_saves_the_verdict_by_default(st):
+    rid = add_run(st)
+    v = gate.evaluate(st, rid, device_classes={})
+    assert st.verdict(rid) == json.loads(json.dumps(v.to_dict()))
 
 
 def test_junit_xml_parses_back(tmp_path, st):
