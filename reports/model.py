@@ -365,14 +365,16 @@ def load_report_data(store, run_id: str, baseline: Optional[str] = None) -> Repo
         devices=tuple(meta.get("devices") or ()),
     )
     attempts = tuple(_attempts(store.attempts_df(run_id)))
-    effective = {key: a["status"] for key, a in store.effective_attempts(run_id).items()}
+    effective_attempts = store.effective_attempts(run_id)
+    effective = {key: a["status"] for key, a in effective_attempts.items()}
+    identities = {device: dict(a.get("identity") or {}) for (device, _), a in effective_attempts.items()}
     gate_verdict = _gate_verdict(store, run_id, baseline)
     return ReportData(
         run=run,
         verdict=verdict_from_gate(gate_verdict),
         results=tuple(_results(store.summary_df(run_id), attempts, effective)),
         samples=_samples(store.samples_df(run_id)),
-        devices=tuple(_devices(store.facts(run_id), attempts)),
+        devices=tuple(_devices(store.facts(run_id), attempts, identities)),
         attempts=attempts,
         regressions=tuple(regressions_from_gate(gate_verdict)),
         history=tuple(_history(store, run)),
@@ -589,7 +591,7 @@ def _samples(df) -> Mapping[Tuple[str, str], Tuple[Sample, ...]]:
     return {k: tuple(v) for k, v in out.items()}
 
 
-def _devices(facts, attempts: Tuple[Attempt, ...]) -> Iterable[DeviceInfo]:
+def _devices(facts, attempts: Tuple[Attempt, ...], identities: Mapping[str, Mapping[str, Any]]):
     """Facts of each device: the first record-level "before" and the last "after" of the run."""
     if facts.empty:
         return
@@ -600,10 +602,9 @@ def _devices(facts, attempts: Tuple[Attempt, ...]) -> Iterable[DeviceInfo]:
         g = whole if not whole.empty else g
 
         mine = [a for a in attempts if a.device == device]
-        identity = g["device_identity"].dropna()
         yield DeviceInfo(
             name=str(device),
-            identity={"fingerprint": str(identity.iloc[0])} if not identity.empty else {},
+            identity=dict(identities.get(device) or {}),
             facts_before=_facts_of(g, "before", last=False, meta=meta),
             facts_after=_facts_of(g, "after", last=True, meta=meta),
             throttled=any(a.throttled for a in mine),

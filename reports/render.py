@@ -210,7 +210,10 @@ def render_html(data: ReportData, audio: AudioGrid, generated_at: Optional[str] 
     ]
     trend_svg = charts.trends(data)
     label, icon, summary = VERDICT_TEXT.get(data.verdict.kind, (data.verdict.kind, "?", ""))
-    failed_attempts = [a for a in data.attempts if a.status != "ok"]
+    # Every attempt that failed, and whether a retry of the same pair later succeeded.
+    failed_attempts = [
+        (a, bool((r := data.result(a.device, a.variant)) and r.ok)) for a in data.attempts if a.status != "ok"
+    ]
     flagged = [a for a in data.attempts if a.throttled or a.hot]
     template = _environment().get_template("report.html")
     return template.render(

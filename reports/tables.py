@@ -287,7 +287,7 @@ class Matrix:
 def headline_matrix(
     data: ReportData, metric: str = "latency_p90_s", length_class: str = HEADLINE_CLASS
 ) -> Matrix:
-    devices = tuple(d for d in data.device_names if data.results_for(d))
+    devices = data.device_names  # planned devices too: a device with nothing measured shows "not run"
     col = Column(f"latency_{length_class}_p90_s", "p90", "", metric, length_class, ratio="speedup")
     rows = []
     for variant in data.variant_names:

@@ -235,7 +235,9 @@ def test_render_run_from_a_real_store(store_run, tmp_path):
     assert "Could not measure" in text and "timeout: timed out after 900 s" in text
     assert "Latency p90 (short) = " in text and "vs budget ≤ 800 ms" in text
     # The regression's size and confidence in the banner.
-    assert re.search(r"short sentences: median \d\.\d\d× the baseline \(95 % CI \d\.\d\d–\d\.\d\d, p = ", text)
+    assert re.search(
+        r"short sentences: median \d\.\d\d× the baseline \(95 % CI \d\.\d\d–\d\.\d\d, p = ", text
+    )
     assert HOSTILE not in text and "&lt;script&gt;" in text
     assert (tmp_path / "out" / "audio" / "original" / "happy.wav").is_file()
     assert len(re.findall(r"<svg\b", text)) >= 4
@@ -268,3 +270,26 @@ def test_regression_verdict_names_the_ratio(tmp_path):
     data = replace(data, verdict=verdict, samples={}, history=())
     text = render_report(data, tmp_path).read_text(encoding="utf-8")
     assert "pi4 · quantized" in text and "short sentences: median 1.12× the baseline" in text
+
+
+def test_a_run_where_nothing_was_measured_still_renders(tmp_path):
+    with Store(tmp_path / "results.sqlite") as store:
+        run_id = store.start_run({}, {}, "test", "tiny", ["original", "pruned"], ["local", "pi4-a"])
+        store.record_attempt(
+            run_id, "pi4-a", None, "original", "unreachable", "ssh: timed out after 10 s", None
+        )
+        store.finish_run(run_id, "incomplete")
+        text = render_run(store, run_id, tmp_path / "out").read_text(encoding="utf-8")
+    assert 'class="verdict v-could_not_measure"' in text
+    assert "ssh: timed out after 10 s" in text
+    assert "never attempted" in text  # the planned pairs nobody tried are causes too
+    assert text.count(">not run<") >= 3  # the matrix keeps every planned device and variant
+    assert "<svg" not in text  # no samples: no charts, and no error either
+
+
+def test_a_failed_attempt_that_a_retry_fixed_says_so(store_run, tmp_path):
+    store, run_id = store_run
+    store.record_attempt(run_id, "pi4-a", make_identity("pi4-a"), "pruned", "failed", "agent crashed", None)
+    store.record_attempt(run_id, "pi4-a", make_identity("pi4-a"), "pruned", "ok", None, make_record("pruned"))
+    text = render_run(store, run_id, tmp_path / "out").read_text(encoding="utf-8")
+    assert "agent crashed" in text and "a retry succeeded" in text
