@@ -175,6 +175,10 @@ def evaluate(
         device_class = device_classes.get(device) or identity.get("budget_class") or identity.get("class")
         rows = summary[(summary["device"] == device) & (summary["variant"] == variant)]
         header = header_df.loc[attempt["attempt_id"]]
+        for flag, meaning in (("throttled", "throttled"), ("hot", "ran hot")):
+            if bool(header.get(flag)):
+                early_warnings.append(f"{device}/{variant}: the device {meaning} during the measurement; "
+                                      "its latencies may be pessimistic")
         for metric, budget in budgets.resolved(device_class, variant).items():
             value = _value(metric, rows, header, artifacts.get(variant), mos.get(variant))
             checks.append(_check(metric, device, attempt["device_identity"], device_class, variant, value,

@@ -266,3 +266,11 @@ def test_mos_import_and_list(tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [(r["variant"], r["mos"], r["n"], r["source"]) for r in rows] == [
         ("original", 4.1, 20, "panel-1"), ("pruned+quantized", 3.9, None, "panel-1")]
+
+
+def test_throttled_measurement_is_a_warning(st):
+    rid = st.start_run({}, default_budgets().to_dict(), "test", "tiny", ["original"], ["pi4-a"])
+    st.record_attempt(rid, "pi4-a", make_identity(), "original", "ok", None,
+                      make_record(samples_per_class=30, throttled=True))
+    v = gate.evaluate(st, rid, device_classes={})
+    assert any("throttled" in w for w in v.warnings) and v.exit_code == 0
