@@ -170,6 +170,13 @@ def test_a_failing_worker_makes_a_failed_process_with_the_reason(argv, error):
     assert rec["index"] == 1
 
 
+def test_a_huge_log_line_is_cut_in_the_error():
+    argv = script("import sys; sys.stderr.write('x' * 100000); sys.exit(1)")
+    run = supervisor.run_worker(argv, timeout_s=30)
+    rec = supervisor.process_record(0, run, {}, {}, 30, 80.0)
+    assert rec["status"] == "failed" and len(rec["error"]) < 600 and rec["error"].endswith("...")
+
+
 def test_a_hanging_worker_is_killed_at_its_timeout():
     argv = script("import sys, time; sys.stderr.write('loading...\\n'); sys.stderr.flush(); time.sleep(60)")
     run = supervisor.run_worker(argv, timeout_s=0.5, poll_interval=0.05)

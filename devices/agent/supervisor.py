@@ -41,7 +41,8 @@ POLL_INTERVAL_S = 0.25
 LOCK_RETRY_S = 0.5
 # A worker stops iterating after this fraction of its time share, leaving room to print its samples.
 SOFT_DEADLINE_FRACTION = 0.75
-STDERR_TAIL = 2000
+LINE_CHARS = 500         # a log line quoted in an error
+MAX_ERROR_CHARS = 4000   # the record's error text (every failed process, joined)
 
 
 def bundle_root() -> str:
@@ -266,7 +267,8 @@ def parse_worker_output(stdout: str):
 
 def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "no output on stderr"
+    line = lines[-1].strip() if lines else "no output on stderr"
+    return line if len(line) <= LINE_CHARS else line[:LINE_CHARS - 3] + "..."
 
 
 def process_record(index: int, run: dict, before: dict, after: dict, timeout_s: float,
@@ -303,7 +305,8 @@ def process_record(index: int, run: dict, before: dict, after: dict, timeout_s: 
         last = _last_line(run["stderr"])
         rec["error"] = f"timed out after {timeout_s:.1f}s (killed); last log line: {last}"
     elif doc is not None and doc["status"] == STATUS_FAILED:
-        rec["error"] = str(doc.get("error") or "the worker reported a failure without a reason")
+        reason = str(doc.get("error") or "the worker reported a failure without a reason")
+        rec["error"] = reason[:MAX_ERROR_CHARS]
     elif code != 0:
         how = f"was killed by {_signal_name(code)}" if code < 0 else f"exited with code {code}"
         rec["error"] = f"the worker {how}: {_last_line(run['stderr'])}"
@@ -368,11 +371,14 @@ def measure(artifact: str, variant: str, processes: int = 3, warmup: int = 2, mi
         lock.release()
     record["facts_after"] = facts_mod.collect()
     _fill_torch_facts(record)
-    failed = [p for p in record["processes"] if p["status"] != STATUS_OK]
-    if error is None and failed:
-        error = "; ".join(f"process {p['index']}: {p['error']}" for p in failed)
-    if error is None and len(record["processes"]) != processes:
-        error = f"only {len(record['processes'])} of {processes} processes ran"
+    errors = [f"process {p['index']}: {p['error']}" for p in record["processes"] if p["status"] != STATUS_OK]
+    if error is not None:
+        errors.append(error)
+    elif len(record["processes"]) != processes:
+        errors.append(f"only {len(record['processes'])} of {processes} processes ran")
+    error = "; ".join(errors) if errors else None
+    if error is not None and len(error) > MAX_ERROR_CHARS:
+        error = error[:MAX_ERROR_CHARS - 3] + "..."
     record["error"] = error
     record["status"] = STATUS_OK if error is None else STATUS_FAILED
     procs = record["processes"]
