@@ -270,6 +270,7 @@ def test_mos_import_and_list(tmp_path, capsys):
 
 def test_throttled_measurement_is_a_warning(st):
     rid = st.start_run({}, default_budgets().to_dict(), "test", "tiny", ["original"], ["pi4-a"])
+    st.record_artifact(rid, "original", "/artifacts/original", make_manifest("original"))
     st.record_attempt(rid, "pi4-a", make_identity(), "original", "ok", None,
                       make_record(samples_per_class=30, throttled=True))
     v = gate.evaluate(st, rid, device_classes={})
