@@ -62,44 +62,37 @@ ARTICLE_BUDGETS: Tuple[Tuple[str, str], ...] = (
 # ------------------------------------------------------------------------------------------------
 
 
-def fmt_seconds(v: Optional[float]) -> str:
+def _three_figures(x: float) -> str:
+    return f"{x:.2f}" if x < 10 else (f"{x:.1f}" if x < 100 else f"{x:.0f}")
+
+
+def _scaled(v: Optional[float], units: Sequence[Tuple[str, float]], base: str) -> str:
+    """``v`` in the largest of ``units`` (name, scale) it reaches, about three significant figures."""
     if v is None:
         return "—"
-    if v < 1.0:
-        ms = v * 1000.0
-        return f"{ms:.2f} ms" if ms < 10 else (f"{ms:.1f} ms" if ms < 100 else f"{ms:.0f} ms")
-    return f"{v:.2f} s"
+    for unit, scale in units:
+        if v >= scale:
+            return f"{_three_figures(v / scale)} {unit}".rstrip()
+    return f"{v:.0f} {base}".rstrip()
+
+
+def fmt_seconds(v: Optional[float]) -> str:
+    if v is not None and v < 1.0:
+        return f"{_three_figures(v * 1000.0)} ms"
+    return "—" if v is None else f"{v:.2f} s"
 
 
 def fmt_bytes(v: Optional[float]) -> str:
-    if v is None:
-        return "—"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if v >= scale:
-            x = v / scale
-            return f"{x:.2f} {unit}" if x < 10 else (f"{x:.1f} {unit}" if x < 100 else f"{x:.0f} {unit}")
-    return f"{v:.0f} B"
+    return _scaled(v, (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)), "B")
 
 
 def fmt_bytes_iec(v: Optional[float]) -> str:
     """Memory in binary units (the gate budgets peak RSS in MiB)."""
-    if v is None:
-        return "—"
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if v >= scale:
-            x = v / scale
-            return f"{x:.2f} {unit}" if x < 10 else (f"{x:.1f} {unit}" if x < 100 else f"{x:.0f} {unit}")
-    return f"{v:.0f} B"
+    return _scaled(v, (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)), "B")
 
 
 def fmt_count(v: Optional[float]) -> str:
-    if v is None:
-        return "—"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if v >= scale:
-            x = v / scale
-            return f"{x:.2f} {unit}" if x < 10 else f"{x:.1f} {unit}"
-    return f"{v:.0f}"
+    return _scaled(v, (("G", 1e9), ("M", 1e6), ("k", 1e3)), "")
 
 
 def fmt_ratio_pct(v: Optional[float]) -> str:
