@@ -82,7 +82,6 @@ class _Builder:
         self.code = code_version()
         self.nodes: Dict[str, _Node] = {}
         self._reference = None
-        self._calibration = None
 
     # -------------------------------------------------------------------------------- model factory
     def build_pair(self, model: Mapping[str, Any]) -> Tuple[nn.Module, nn.Module]:
