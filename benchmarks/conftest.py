@@ -71,7 +71,7 @@ def pytest_terminal_summary(terminalreporter):
 
 
 def pytest_generate_tests(metafunc):
-    if "variant" in metafunc.fixturenames:
+    if "variant" in metafunc.fixturenames and metafunc.module.__name__.endswith("test_variants_bench"):
         metafunc.parametrize("variant", VARIANTS)
 
 
@@ -104,8 +104,9 @@ def short_inputs():
     return text_to_ids(sample_sentence().text, emotion="neutral").to_tensors()
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture()
 def bench_threads():
+    """torch threads while a variants benchmark runs (EDGEBENCH_BENCH_THREADS, default 1)."""
     old = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     yield THREADS

@@ -49,7 +49,9 @@ def _info(benchmark, settings, built, stage, frames, results):
     )
 
 
-def test_acoustic(benchmark, bench_settings, bench_results, built_variants, loaded, short_inputs, variant):
+def test_acoustic(
+    benchmark, bench_threads, bench_settings, bench_results, built_variants, loaded, short_inputs, variant
+):
     model = loaded(variant).acoustic
     _group(benchmark, bench_settings, "acoustic")
 
@@ -64,7 +66,9 @@ def test_acoustic(benchmark, bench_settings, bench_results, built_variants, load
     )
 
 
-def test_vocoder(benchmark, bench_settings, bench_results, built_variants, loaded, short_inputs, variant):
+def test_vocoder(
+    benchmark, bench_threads, bench_settings, bench_results, built_variants, loaded, short_inputs, variant
+):
     art = loaded(variant)
     _group(benchmark, bench_settings, "vocoder")
     with torch.inference_mode():
