@@ -61,6 +61,17 @@ def from_args(args: argparse.Namespace) -> int:
     )
 
 
+def _model_key(cfg) -> str:
+    """Artifacts of different models (preset, factory, config, seed) live in different folders, so a
+    stored run's artifact path (its audio samples, its weights) is never overwritten by another model's."""
+    import hashlib
+
+    d = cfg.to_dict()
+    basis = {k: d.get(k) for k in ("preset", "model", "model_config", "seed")}
+    digest = hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{cfg.preset if cfg.model is None else 'custom'}-{digest}"
+
+
 def run(
     *,
     config_path: Path | None = None,
@@ -125,7 +136,7 @@ def run(
         built = build_variants(
             preset=cfg.preset,
             variants=cfg.variants,
-            out=paths.cache_dir(state) / "artifacts",
+            out=paths.cache_dir(state) / "artifacts" / _model_key(cfg),
             seed=cfg.seed,
             cache_dir=paths.cache_dir(state) / "build",
             model_factory=cfg.model,

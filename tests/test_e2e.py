@@ -1,0 +1,158 @@
+"""End to end through the real CLI (a subprocess), real sshd devices on loopback, a real SQLite store.
+
+1. A farm of three SSH devices plus ``local``, four tiny variants; one device's sshd is killed mid-run.
+   The run finishes, the dead device's remaining pairs are recorded with the reason, the gate exits 2,
+   and ``run --resume`` after restarting that sshd measures only the missing pairs.
+2. A deliberately slower model (a real bigger vocoder, not a sleep) under the same variant name is
+   reported as a regression by ``compare`` and fails the gate with exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+pytestmark = [pytest.mark.slow]
+
+CORE = ["original", "pruned", "quantized", "pruned+quantized"]
+# Small but honest: one fresh process per variant, short sentences, a handful of iterations.
+# One torch thread: the machine is shared, and idle torch threads spinning on a busy core distort timings.
+QUICK_PROTOCOL = {"threads": 1, "processes": 1, "warmup": 1, "min_iters": 3, "min_seconds": 0.0,
+                  "max_iters": 20, "sentences": ["short"], "timeout_s": 300}
+# Budgets no tiny model on a loaded 2-core machine can miss: only the outcome under test decides.
+GENEROUS_BUDGETS = {"version": 1, "budgets": {"latency_p90_ms_short": 600000, "peak_rss_mib": 16384,
+                                                "emotion_id_accuracy": 0.0}}
+RUN_TIMEOUT_S = 900
+
+
+def cli(args, home: Path, cwd: Path, timeout: float = RUN_TIMEOUT_S) -> subprocess.CompletedProcess:
+    env = dict(os.environ, EDGEBENCH_HOME=str(home), PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write_config(path: Path, **values) -> Path:
+    path.write_text(tomli_w.dumps(values))
+    return path
+
+
+def attempts(db: Path) -> list[sqlite3.Row]:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    con.row_factory = sqlite3.Row
+    try:
+        return con.execute("SELECT device, variant, status, error FROM attempts ORDER BY id").fetchall()
+    except sqlite3.OperationalError:  # the table does not exist yet
+        return []
+    finally:
+        con.close()
+
+
+def test_farm_device_dies_mid_run_then_resume_completes_only_missing(ssh_farm, tmp_path):
+    farm = ssh_farm
+    farm.add("victim", trusted=True)
+    inventory = farm.write_inventory(tmp_path / "devices.toml", names=["good-1", "good-2", "victim"])
+    budgets = write_config(tmp_path / "budgets.toml", **GENEROUS_BUDGETS)
+    config = write_config(
+        tmp_path / "edgebench.toml", preset="tiny", variants=CORE,
+        devices=["local", "good-1", "good-2", "victim"], inventory=str(inventory), budgets=str(budgets),
+        store=str(tmp_path / "results.sqlite"), out_dir=str(tmp_path / "out"), protocol=QUICK_PROTOCOL,
+    )
+    db = tmp_path / "results.sqlite"
+    env = dict(os.environ, EDGEBENCH_HOME=str(farm.state_dir), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "--config", str(config), "--json"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Kill the victim's sshd (listener and sessions) as soon as its first pair has landed in the store.
+    killed = False
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while proc.poll() is None and time.monotonic() < deadline:
+        if not killed and db.exists() and any(
+                r["device"] == "victim" and r["status"] == "ok" for r in attempts(db)):
+            farm.kill("victim")
+            killed = True
+        time.sleep(0.2)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert killed, (f"the victim never finished a pair before the run ended: "
+                    f"{[dict(r) for r in attempts(db)]}\n{err[-3000:]}")
+    assert proc.returncode == 2, err[-3000:]  # could not measure everything
+    payload = json.loads(out)
+    run_id = payload["run_id"]
+    assert payload["verdict"]["outcome"] == "could_not_measure"
+
+    rows = attempts(db)
+    by_pair = {(r["device"], r["variant"]): r for r in rows}
+    assert len(by_pair) == 16  # every pair has an attempt
+    for device in ("local", "good-1", "good-2"):
+        assert all(by_pair[(device, v)]["status"] == "ok" for v in CORE), [dict(r) for r in rows]
+    victim = [by_pair[("victim", v)] for v in CORE]
+    assert victim[0]["status"] == "ok"
+    dead = [r for r in victim if r["status"] != "ok"]
+    assert dead, "the victim measured everything although its sshd was killed"
+    for r in dead:
+        assert r["status"] in ("unreachable", "timeout", "failed")
+        assert "victim" in r["error"] and r["error"].strip()
+    missing = {("victim", r["variant"]) for r in dead}
+
+    gate = cli(["gate", "--run", run_id, "--config", str(config), "--json"], farm.state_dir, tmp_path)
+    assert gate.returncode == 2, gate.stderr
+    assert json.loads(gate.stdout)["outcome"] == "could_not_measure"
+
+    farm.restart("victim")
+    resumed = cli(["run", "--config", str(config), "--resume", run_id, "--json"], farm.state_dir, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = json.loads(resumed.stdout)
+    assert again["run_id"] == run_id
+    assert {(p["device"], p["variant"]) for p in again["pairs"]} == missing
+    assert all(p["status"] == "ok" for p in again["pairs"])
+    # Nothing measured before was measured again: one ok attempt per pair.
+    ok = [(r["device"], r["variant"]) for r in attempts(db) if r["status"] == "ok"]
+    assert sorted(ok) == sorted(set(ok)) and len(ok) == 16
+
+
+def test_bigger_model_is_a_regression_and_fails_the_gate(tmp_path):
+    from variants.models import get_preset
+
+    home = tmp_path / "state"
+    budgets = write_config(tmp_path / "budgets.toml", **GENEROUS_BUDGETS)
+    protocol = dict(QUICK_PROTOCOL, min_iters=15, max_iters=30)
+    small = get_preset("tiny").to_dict()
+    big = json.loads(json.dumps(small))
+    big["vocoder"]["channels"] = small["vocoder"]["channels"] * 16  # ~250x the vocoder's MACs, ~4x total
+    common = dict(variants=["original"], devices=["local"], budgets=str(budgets),
+                  store=str(tmp_path / "results.sqlite"), out_dir=str(tmp_path / "out"), protocol=protocol)
+    fast_cfg = write_config(tmp_path / "fast.toml", model_config=small, **common)
+    slow_cfg = write_config(tmp_path / "slow.toml", model_config=big, **common)
+
+    fast = cli(["run", "--config", str(fast_cfg), "--json", "--no-report"], home, tmp_path)
+    assert fast.returncode == 0, fast.stderr[-3000:]
+    base_id = json.loads(fast.stdout)["run_id"]
+    slow = cli(["run", "--config", str(slow_cfg), "--json", "--no-report"], home, tmp_path)
+    slow_payload = json.loads(slow.stdout)
+    run_id = slow_payload["run_id"]
+    # The run's own gate already picks the last passing run on this device as the baseline.
+    assert slow.returncode == 1, slow.stderr[-3000:]
+    assert "regressed" in slow_payload["verdict"]["outcomes"]
+
+    compare = cli(["compare", run_id, base_id, "--config", str(slow_cfg), "--json"], home, tmp_path)
+    assert compare.returncode == 0, compare.stderr
+    rows = json.loads(compare.stdout)["comparisons"]
+    short = [r for r in rows if r["variant"] == "original" and r["length_class"] == "short"]
+    assert short and short[0]["verdict"] == "regressed" and short[0]["ratio"] > 1.05
+
+    gate = cli(["gate", "--run", run_id, "--baseline", base_id, "--config", str(slow_cfg), "--json"],
+               home, tmp_path)
+    assert gate.returncode == 1, gate.stderr
+    verdict = json.loads(gate.stdout)
+    assert verdict["outcome"] == "regressed"
+    assert verdict["regressions"][0]["variant"] == "original"
