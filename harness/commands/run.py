@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--processes", type=int, help="fresh processes per variant (default 3)")
     parser.add_argument("--min-seconds", type=float, help="minimum steady-state seconds per process")
     parser.add_argument("--min-iters", type=int, help="minimum steady-state iterations per process")
+    parser.add_argument("--threads", type=int, help="torch threads when measuring (default: torch's)")
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
 
 
@@ -57,6 +58,7 @@ def from_args(args: argparse.Namespace) -> int:
         processes=args.processes,
         min_seconds=args.min_seconds,
         min_iters=args.min_iters,
+        threads=args.threads,
         report=not args.no_report,
     )
 
@@ -87,6 +89,7 @@ def run(
     processes: int | None = None,
     min_seconds: float | None = None,
     min_iters: int | None = None,
+    threads: int | None = None,
     report: bool = True,
 ) -> int:
     # Imported here so `edgebench --help` stays fast (torch is heavy).
@@ -117,7 +120,8 @@ def run(
     if not resume:
         cfg = cfg.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
     protocol = cfg.protocol
-    proto_overrides = {"processes": processes, "min_seconds": min_seconds, "min_iters": min_iters}
+    proto_overrides = {"processes": processes, "min_seconds": min_seconds, "min_iters": min_iters,
+                       "threads": threads}
     proto_overrides = {k: v for k, v in proto_overrides.items() if v is not None}
     if proto_overrides and not resume:
         protocol = replace(protocol, **proto_overrides)
