@@ -106,7 +106,7 @@ def test_audio_copied_beside_the_report_and_referenced_relatively(rendered, html
 
 
 def test_small_audio_is_embedded_when_allowed(tmp_path):
-    data = make_report_data(tmp_path / "src", n_per_class=5)
+    data = replace(make_report_data(tmp_path / "src", n_per_class=5), samples={}, history=())
     report = render_report(data, tmp_path / "out", embed_audio_max_bytes=1_000_000)
     text = report.read_text(encoding="utf-8")
     assert text.count('src="data:audio/wav;base64,') == 6 * 7
