@@ -31,7 +31,18 @@ CHECK_TIMEOUT_S = 90.0     # importing torch on a cold Pi takes tens of seconds
 HEALTH_SNIPPET = r"""
 import glob, json, os, platform, shutil, socket, sys, time
 work = os.path.abspath(os.path.expanduser(sys.argv[1]))
-facts = {"python": platform.python_version(), "machine": platform.machine(), "os": platform.platform(),
+# "os" and "cpu_model" are read exactly as devices/agent/facts.py reads them: the device identity
+# (devices.measure.device_identity) must not depend on which of the two reported the facts.
+os_name = None
+try:
+    with open("/etc/os-release") as f:
+        for line in f:
+            if line.startswith("PRETTY_NAME="):
+                os_name = line.split("=", 1)[1].strip().strip('"') or None
+except OSError:
+    pass
+facts = {"python": platform.python_version(), "machine": platform.machine(),
+         "os": os_name or platform.system() or None,
          "hostname": socket.gethostname(), "cores": os.cpu_count(), "work_dir": work}
 probe = work
 while not os.path.isdir(probe) and os.path.dirname(probe) != probe:
@@ -62,14 +73,17 @@ for zone in glob.glob("/sys/class/thermal/thermal_zone*/temp"):
         pass
 facts["temp_c"] = max(temps) if temps else None
 model = None
+cpuinfo = {}
 try:
     with open("/proc/cpuinfo") as f:
         for line in f:
             k, _, v = line.partition(":")
-            if k.strip() in ("model name", "Model", "Hardware") and v.strip():
-                model = v.strip(); break
+            cpuinfo.setdefault(k.strip(), v.strip())
 except OSError:
     pass
+for key in ("model name", "Model", "Hardware", "cpu model", "Processor"):
+    if cpuinfo.get(key):
+        model = cpuinfo[key]; break
 facts["cpu_model"] = model or platform.processor() or None
 t0 = time.time()
 try:

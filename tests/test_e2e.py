@@ -156,3 +156,70 @@ def test_bigger_model_is_a_regression_and_fails_the_gate(tmp_path):
     verdict = json.loads(gate.stdout)
     assert verdict["outcome"] == "regressed"
     assert verdict["regressions"][0]["variant"] == "original"
+
+
+def test_untrusted_and_unreachable_devices_are_recorded_and_the_others_measured(ssh_farm, tmp_path):
+    farm = ssh_farm
+    inventory = farm.write_inventory(tmp_path / "devices.toml", names=["good-1", "untrusted"])
+    with inventory.open("a") as f:  # a third device on a loopback port where nothing listens
+        dead = farm.unreachable_device("dead")
+        f.write(f'\n[devices.dead]\nhost = "127.0.0.1"\nport = {dead.port}\nuser = "{dead.user}"\n'
+                f'key_file = "{dead.key_file}"\nconnect_timeout = 3.0\n')
+    config = write_config(
+        tmp_path / "edgebench.toml", preset="tiny", variants=["original", "quantized"],
+        devices=["good-1", "untrusted", "dead"], inventory=str(inventory),
+        budgets=str(write_config(tmp_path / "budgets.toml", **GENEROUS_BUDGETS)),
+        store=str(tmp_path / "results.sqlite"), out_dir=str(tmp_path / "out"), protocol=QUICK_PROTOCOL,
+    )
+    result = cli(["run", "--config", str(config), "--json"], farm.state_dir, tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    by_pair = {(r["device"], r["variant"]): r for r in attempts(tmp_path / "results.sqlite")}
+    assert by_pair[("good-1", "original")]["status"] == "ok"
+    assert by_pair[("good-1", "quantized")]["status"] == "ok"
+    for variant in ("original", "quantized"):
+        untrusted = by_pair[("untrusted", variant)]
+        assert untrusted["status"] == "unreachable"
+        assert "devices trust untrusted" in untrusted["error"]
+        assert by_pair[("dead", variant)]["status"] == "unreachable"
+    # The untrusted host key was not recorded by the attempt.
+    assert str(farm.servers["untrusted"].port) not in farm.known_hosts.read_text()
+
+
+def test_controller_killed_mid_run_loses_nothing_and_resume_finishes(tmp_path):
+    import signal
+
+    home = tmp_path / "state"
+    db = tmp_path / "results.sqlite"
+    config = write_config(
+        tmp_path / "edgebench.toml", preset="tiny", variants=CORE, devices=["local"],
+        budgets=str(write_config(tmp_path / "budgets.toml", **GENEROUS_BUDGETS)),
+        store=str(db), out_dir=str(tmp_path / "out"), protocol=QUICK_PROTOCOL,
+    )
+    env = dict(os.environ, EDGEBENCH_HOME=str(home), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "--config", str(config), "--json"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if db.exists() and any(r["status"] == "ok" for r in attempts(db)):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = [dict(r) for r in attempts(db) if r["status"] == "ok"]
+    assert 1 <= len(before) < len(CORE)
+    con = sqlite3.connect(db)
+    run_id = con.execute("SELECT id FROM runs").fetchone()[0]
+    con.close()
+
+    resumed = cli(["run", "--config", str(config), "--resume", run_id, "--json"], home, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    measured_now = {p["variant"] for p in json.loads(resumed.stdout)["pairs"]}
+    assert measured_now == set(CORE) - {r["variant"] for r in before}
+    after = [dict(r) for r in attempts(db) if r["status"] == "ok"]
+    assert sorted(r["variant"] for r in after) == sorted(CORE)
+    assert all(r in after for r in before)  # nothing measured before the kill was lost or redone

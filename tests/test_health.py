@@ -96,3 +96,21 @@ def test_cli_check_json_and_table(ssh_farm, tmp_path, monkeypatch, capsys):
     assert main(["devices", "-i", str(inventory), "check", "good-1"]) in (0, 1)
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[:3] == ["DEVICE", "STATUS", "PYTHON"] and "good-1" in out
+
+
+def test_health_facts_and_agent_facts_give_the_same_identity(tmp_path):
+    """Failed attempts are identified from health facts, measured ones from the agent's: same machine,
+    same fingerprint, or results of one board would be split (or a comparison would warn) for nothing."""
+    import json
+    import subprocess
+    import sys
+
+    from devices.agent import facts as agent_facts
+    from devices.health import HEALTH_SNIPPET
+    from devices.measure import device_identity
+
+    out = subprocess.run([sys.executable, "-c", HEALTH_SNIPPET, str(tmp_path)], capture_output=True,
+                         text=True, check=True, timeout=120)
+    health = json.loads(out.stdout.strip().splitlines()[-1])
+    agent = agent_facts.collect(import_torch=True)
+    assert device_identity("local", health) == device_identity("local", agent)
