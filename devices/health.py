@@ -107,10 +107,14 @@ class Health:
     device: str = ""
     warnings: tuple = ()
     duration_s: float = 0.0
+    # False when the device could not be reached at all (connection, host key, timeout): the
+    # orchestrator records "unreachable" rather than "ineligible" (reachable but unfit).
+    reachable: bool = True
 
     def to_dict(self) -> dict:
         return {"device": self.device, "ok": self.ok, "reason": self.reason, "warnings": list(self.warnings),
-                "facts": dict(self.facts), "duration_s": round(self.duration_s, 3)}
+                "facts": dict(self.facts), "duration_s": round(self.duration_s, 3),
+                "reachable": self.reachable}
 
 
 def _version_tuple(text: str) -> tuple:
@@ -159,7 +163,8 @@ def check(transport: Transport, device: Device, timeout: float = CHECK_TIMEOUT_S
         result = transport.run([device.python, "-c", HEALTH_SNIPPET, transport.work_dir], timeout=timeout)
     except DevicesError as exc:   # unreachable, untrusted host key, timeout: the device is ineligible
         what = "host key" if isinstance(exc, HostKeyError) else "unreachable"
-        return Health(False, f"{what}: {exc}", {}, device.name, (), time.monotonic() - start)
+        return Health(False, f"{what}: {exc}", {}, device.name, (), time.monotonic() - start,
+                      reachable=False)
     elapsed = time.monotonic() - start
     if result.exit_code != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
@@ -184,7 +189,7 @@ def check_device(device: Device, known_hosts: Path | None = None, state_dir: Pat
     try:
         transport = open_transport(device, known_hosts=known_hosts, state_dir=state_dir)
     except DevicesError as exc:
-        return Health(False, str(exc), {}, device.name, (), time.monotonic() - start)
+        return Health(False, str(exc), {}, device.name, (), time.monotonic() - start, reachable=False)
     with transport:
         return check(transport, device, timeout=timeout)
 

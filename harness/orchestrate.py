@@ -101,7 +101,7 @@ def measure_device(
             identity = device_measure.device_identity(device, health.facts)
         if not health.ok:
             reason = health.reason or "unknown reason"
-            status = UNREACHABLE if reason.startswith("unreachable") else INELIGIBLE
+            status = INELIGIBLE if health.reachable else UNREACHABLE
             for variant in variants:
                 record(variant, status, f"{device.name}: health check failed: {reason}", None, started)
             return outcomes

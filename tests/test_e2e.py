@@ -178,9 +178,9 @@ def test_untrusted_and_unreachable_devices_are_recorded_and_the_others_measured(
     assert by_pair[("good-1", "quantized")]["status"] == "ok"
     for variant in ("original", "quantized"):
         untrusted = by_pair[("untrusted", variant)]
-        assert untrusted["status"] == "unreachable"
+        assert untrusted["status"] == "unreachable", dict(untrusted)
         assert "devices trust untrusted" in untrusted["error"]
-        assert by_pair[("dead", variant)]["status"] == "unreachable"
+        assert by_pair[("dead", variant)]["status"] == "unreachable", dict(by_pair[("dead", variant)])
     # The untrusted host key was not recorded by the attempt.
     assert str(farm.servers["untrusted"].port) not in farm.known_hosts.read_text()
 
