@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from typing import Sequence
 
 from devices.errors import DevicesError
@@ -60,7 +62,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgebench: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # noqa: BLE001 - a bug: show it whole, never as exit 1 ("budget failed")
+        traceback.print_exc()
+        print("edgebench: internal error (a bug: please report the traceback above); nothing could be "
+              "judged, exit 2", file=sys.stderr)
+        return 2
+
+
+def entry() -> None:
+    """The console script: ``main`` plus process-wide settings that tests calling ``main`` must not get."""
+    if not sys.stdout.isatty():
+        # rich sizes tables to 80 columns when output goes to a pipe, a log or CI; widen so cells are
+        # not cut to "lo…" (an explicit COLUMNS still wins).
+        os.environ.setdefault("COLUMNS", "200")
+    sys.exit(main())
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

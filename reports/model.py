@@ -184,9 +184,9 @@ class Regression:
     device: str
     variant: str
     length_class: str
-    baseline_median_s: float
-    current_median_s: float
-    ratio: float  # current median / baseline median
+    baseline_median_s: Optional[float]  # None when a side had no samples ("insufficient")
+    current_median_s: Optional[float]
+    ratio: Optional[float]  # current median / baseline median; None when "insufficient"
     ci_low: Optional[float] = None
     ci_high: Optional[float] = None
     p_value: Optional[float] = None
@@ -478,9 +478,9 @@ def regressions_from_gate(d: Mapping[str, Any]) -> Iterable[Regression]:
             device=str(r["device"]),
             variant=str(r["variant"]),
             length_class=str(r["length_class"]),
-            baseline_median_s=float(r["baseline_median"]),
-            current_median_s=float(r["candidate_median"]),
-            ratio=float(r["ratio"]),
+            baseline_median_s=_opt_float(r.get("baseline_median")),
+            current_median_s=_opt_float(r.get("candidate_median")),
+            ratio=_opt_float(r.get("ratio")),
             ci_low=_opt_float(r.get("ci_low")),
             ci_high=_opt_float(r.get("ci_high")),
             p_value=_opt_float(r.get("p_value")),

@@ -293,3 +293,19 @@ def test_a_failed_attempt_that_a_retry_fixed_says_so(store_run, tmp_path):
     store.record_attempt(run_id, "pi4-a", make_identity("pi4-a"), "pruned", "ok", None, make_record("pruned"))
     text = render_run(store, run_id, tmp_path / "out").read_text(encoding="utf-8")
     assert "agent crashed" in text and "a retry succeeded" in text
+
+
+def test_an_insufficient_comparison_without_a_ratio_renders(tmp_path):
+    """harness.regress leaves ratio, CI and p empty when a side has fewer than min_samples samples."""
+    from reports.model import regressions_from_gate
+
+    insufficient = {"device": "pi4", "variant": "pruned", "length_class": "long", "baseline_run_id": "b",
+                    "n_baseline": 6, "n_candidate": 6, "baseline_median": None, "candidate_median": None,
+                    "ratio": None, "ci_low": None, "ci_high": None, "p_value": None,
+                    "verdict": "insufficient"}
+    (reg,) = regressions_from_gate({"comparisons": [insufficient]})
+    assert reg.ratio is None and reg.verdict == "insufficient"
+    data = make_report_data(None, n_per_class=5)
+    data = replace(data, regressions=data.regressions + (reg,))
+    text = render_report(data, tmp_path).read_text(encoding="utf-8")
+    assert "too few samples" in text

@@ -102,6 +102,7 @@ def run(
     from harness.progress import Progress
     from harness.store import Store
     from variants.build import build_variants
+    from variants.recipes import BUILTIN_VARIANTS
 
     state = paths.state_dir()
     cfg = load_config(config_path)
@@ -129,10 +130,12 @@ def run(
 
     inventory = load_inventory(cfg.inventory)
     selected = inventory.select(cfg.devices)
+    # Budgets may name any variant edgebench knows (one budgets file serves several configs), but not
+    # a misspelt one.
     budgets = load_budgets(
         cfg.budgets,
         device_classes={d.budget_class for d in inventory.devices.values() if d.budget_class},
-        variants=cfg.variants,
+        variants=[*BUILTIN_VARIANTS, *cfg.recipes, *cfg.variants],
     )
 
     progress = Progress(enabled=not json_output)
