@@ -243,6 +243,7 @@ def test_compare_and_history_json(tmp_path, capsys):
         ("variant\noriginal\n", "line 1"),
         ("variant,mos\noriginal,4.0,3\n", "line 2"),
         ("variant,mos\n", "no scores"),
+        ("variant,mos\npruned_quantized,4.0\n", "column variant: unknown variant 'pruned_quantized'"),
     ],
 )
 def test_mos_import_rejects_bad_rows_and_writes_nothing(tmp_path, capsys, text, where):

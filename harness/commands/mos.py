@@ -104,10 +104,21 @@ def import_mos(*, file: Path, source: str | None = None, store: Path | None = No
                config: Path | None = None) -> int:
     """Validate every row first, then import them all in one transaction; returns the number imported."""
     from harness.config import resolve_store_path
+    from harness.errors import ConfigError
     from harness.store import Store
+    from variants.recipes import BUILTIN_VARIANTS
 
     rows = parse_mos_csv(file, source)
     with Store(resolve_store_path(store, config)) as st:
+        # A misspelt variant would be imported and never used: the real one's MOS budget would be
+        # silently skipped. Known: the built-in variants and every variant a stored run measured.
+        known = set(BUILTIN_VARIANTS)
+        for variants in st.runs_df().get("variants", ()):
+            known.update(variants)
+        for row in rows:
+            if row["variant"] not in known:
+                raise ConfigError(file, "column variant", f"unknown variant {row['variant']!r}; known: "
+                                                          f"{', '.join(sorted(known))}")
         return st.import_mos(rows)
 
 
