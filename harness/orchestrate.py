@@ -155,25 +155,31 @@ def measure_all(
     outcomes: list[PairOutcome] = []
 
     def one(device: Device, variants: list[str]) -> None:
+        recorded: list[PairOutcome] = []  # every attempt measure_device stored, even if it then crashes
+
+        def note(outcome: PairOutcome) -> None:
+            recorded.append(outcome)
+            if on_pair is not None:
+                on_pair(outcome)
+
         try:
-            result = measure_device(
+            measure_device(
                 store, run_id, device, artifacts, variants, protocol, known_hosts, deadline, bundle,
-                state_dir, on_pair,
+                state_dir, note,
             )
         except Exception as exc:  # noqa: BLE001 - a bug for one device must not stop the others
-            # Recorded with the traceback's last line so it is visible in the store and the report;
+            # The pairs not yet recorded get the exception's text (visible in the store and the report);
             # the full traceback goes to the log.
             log.error("device %s: internal error\n%s", device.name, traceback.format_exc())
-            result = []
-            done = {o.variant for o in outcomes if o.device == device.name}
+            done = {o.variant for o in recorded}
+            err = f"{device.name}: internal error: {type(exc).__name__}: {exc}"
             for variant in variants:
-                if variant in done:
-                    continue
-                err = f"{device.name}: internal error: {type(exc).__name__}: {exc}"
-                store.record_attempt(run_id, device.name, {"name": device.name}, variant, FAILED, err, None)
-                result.append(PairOutcome(device.name, variant, FAILED, err))
+                if variant not in done:
+                    identity = {"name": device.name}
+                    store.record_attempt(run_id, device.name, identity, variant, FAILED, err, None)
+                    note(PairOutcome(device.name, variant, FAILED, err))
         with lock:
-            outcomes.extend(result)
+            outcomes.extend(recorded)
 
     if not by_device:
         return outcomes
