@@ -1,8 +1,8 @@
 """The agent bundle: one deterministic zip with everything the device needs besides Python and torch.
 
-Contents: ``devices/agent/``, the agent-only subset of ``variants`` (models, frontend, corpus, artifact,
-errors), the pure-Python ``pypinyin`` package (its dictionaries are JSON files read from disk, so the
-device extracts the zip into a directory), the launcher ``edgebench_agent.py`` and optional extra user
+Contents: ``devices/agent/``, the agent-only subset of ``variants`` (models, frontend, symbols, corpus,
+artifact, errors), the pure-Python ``pypinyin`` package (its dictionaries are JSON files read from disk,
+so the device extracts the zip into a directory), the launcher ``edgebench_agent.py`` and optional extra user
 model modules. Entries are sorted and carry fixed timestamps and modes, so the sha256 only changes when a
 file does; the zip is cached under ``<state_dir>/cache/bundles/``.
 """
@@ -34,7 +34,7 @@ runpy.run_module("devices.agent", run_name="__main__", alter_sys=True)
 # Files of the controller's packages that the device needs (paths relative to the package's parent).
 DEVICES_FILES = ("devices/__init__.py", "devices/errors.py")
 DEVICES_DIRS = ("devices/agent",)
-VARIANTS_FILES = ("variants/__init__.py", "variants/frontend.py", "variants/corpus.py",
+VARIANTS_FILES = ("variants/__init__.py", "variants/frontend.py", "variants/symbols.py", "variants/corpus.py",
                   "variants/artifact.py", "variants/errors.py")
 VARIANTS_DIRS = ("variants/models",)
 THIRD_PARTY = ("pypinyin",)

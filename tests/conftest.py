@@ -2,8 +2,33 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sshfarm import FarmDevice, SSHFarm, sshd_available
+
+#: The shared KAN-TTS fixture: a ModelScope-layout Sambert-HifiGan directory with random weights + goldens.
+KANTTS_SMALL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "kantts-small"
+KANTTS_SMALL_MODEL_DIR = KANTTS_SMALL / "speech_sambert-hifigan_tts_zhitian_emo_zh-cn_16k"
+KANTTS_SMALL_VOICE = KANTTS_SMALL_MODEL_DIR / "voices" / "zhitian_emo"
+KANTTS_SMALL_SPEAKERS = "F7,F74,FBYN,FRXL,M7,xiaoyu"  # am/config.yaml linguistic_unit.speaker_list
+
+
+def require_kantts_small() -> Path:
+    """The fixture's model directory; a missing fixture fails the test (it ships with the project's
+    shared/ folder, so its absence is a broken checkout, never a reason to skip)."""
+    if not (KANTTS_SMALL_VOICE / "dict").is_dir():
+        pytest.fail(f"the kantts-small fixture is missing at {KANTTS_SMALL}")
+    return KANTTS_SMALL_MODEL_DIR
+
+
+@pytest.fixture(scope="session")
+def kantts_table():
+    """The symbol table of the kantts-small fixture voice (its dict/PinYin files + speaker list)."""
+    from variants.symbols import read_voice_tables
+
+    require_kantts_small()
+    return read_voice_tables(KANTTS_SMALL_VOICE / "dict", KANTTS_SMALL_SPEAKERS)
 
 
 @pytest.fixture

@@ -137,8 +137,9 @@ def test_bundle_zip_is_deterministic(tmp_path):
 def test_real_bundle_contents_and_cache(tmp_path):
     files = bundle_files()
     for required in ("devices/agent/__main__.py", "variants/models/__init__.py", "variants/frontend.py",
-                     "variants/corpus.py", "variants/artifact.py", "variants/errors.py",
-                     "variants/__init__.py", "pypinyin/__init__.py", "pypinyin/pinyin_dict.json"):
+                     "variants/symbols.py", "variants/corpus.py", "variants/artifact.py",
+                     "variants/errors.py", "variants/__init__.py", "pypinyin/__init__.py",
+                     "pypinyin/pinyin_dict.json"):
         assert required in files, required
     assert not any(arc.startswith(("variants/build", "variants/prune", "harness/")) for arc in files)
     first = build_bundle(tmp_path / "s1")

@@ -18,3 +18,7 @@ class FrontendError(VariantsError):
 
 class ArtifactError(VariantsError):
     """An artifact directory is missing, corrupt (sha256 mismatch) or of an unknown format version."""
+
+
+class ModelDirError(VariantsError):
+    """A ModelScope model directory is unusable (a file missing or unparsable, a bad dictionary entry)."""
