@@ -49,12 +49,11 @@ def test_tensors_really_shrink_in_line_with_the_ratio(original, pruned):
     assert (
         layer.n_heads == 1 and layer.qkv.weight.shape == (3 * 16, 32) and layer.out.weight.shape == (32, 16)
     )
-    cross = model.decoder.layers[0].cross_attn
+    pnca = model.decoder.layers[0]  # one head set: the shared query's self- and memory attention
+    assert pnca.self_attn.qkv.weight.shape[0] == 3 * 16 and pnca.self_attn.out.weight.shape[1] == 16
+    assert pnca.cross_attn.kv.weight.shape[0] == 32 and pnca.cross_attn.out.weight.shape[1] == 16
     assert (
-        cross.q.weight.shape[0] == 16 and cross.kv.weight.shape[0] == 32 and cross.out.weight.shape[1] == 16
-    )
-    assert (
-        model.decoder.layers[0].ffn.w1.weight.shape == (26, 32)
+        model.decoder.layers[0].ffn.w1.weight.shape == (26, 32, 1)  # kernel-1 Conv1d (original impl.)
         and model.encoder.layers[0].ffn.w1.weight.shape[0] == 26
     )
     before, after = report["encoder_decoder_params"]["before"], report["encoder_decoder_params"]["after"]
@@ -108,16 +107,17 @@ def test_dead_heads_and_channels_are_the_ones_removed(importance):
             dh = mod.d_head
             dead = slice(dh, 2 * dh)  # head 1
             mod.out.weight[:, dead] = 0
-            if t.kind == "self":
-                for block in range(3):
-                    mod.qkv.weight[block * 2 * dh :][dead] = 0
-            else:
-                mod.q.weight[dead] = 0
-                mod.kv.weight[dead] = 0
-                mod.kv.weight[2 * dh :][dead] = 0
+            for block in range(3):
+                mod.qkv.weight[block * 2 * dh :][dead] = 0
+            if t.kind == "pnca":  # the same head of the layer's memory attention
+                cross = model.get_submodule(t.path.rsplit(".", 1)[0] + ".cross_attn")
+                cross.out.weight[:, dead] = 0
+                cross.kv.weight[dead] = 0
+                cross.kv.weight[2 * dh :][dead] = 0
     args = make_step("prune", importance=importance).args
     pruned, _, report = structured_prune(model, CFG.to_dict(), args, build, CALIBRATION)
     assert report["kept"]["encoder.layers.1.attn"] == [0]
+    assert report["kept"]["decoder.layers.1.self_attn"] == [0]
     assert report["kept"]["decoder.layers.1.cross_attn"] == [0]
     assert set(report["kept"]["decoder.layers.0.ffn"]).isdisjoint(dead_ffn)
     x = random_inputs(seed=5)

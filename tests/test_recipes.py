@@ -21,6 +21,7 @@ BASE = get_preset("base").to_dict()
 def test_builtins_cover_the_article_table_and_round_trip():
     assert set(BUILTIN_VARIANTS) == {
         "original",
+        "optimized",
         "pruned",
         "quantized",
         "pruned+quantized",

@@ -118,8 +118,10 @@ def _count_state(value: Any, in_cell: bool = False) -> int:
 
 
 def count_params(module: torch.nn.Module) -> int:
-    """Number of weights, also for dynamically quantized modules (packed weights, not Parameters)."""
-    return sum(_count_state(v) for k, v in module.state_dict().items())
+    """Number of weights, also for dynamically quantized modules (packed weights, not Parameters).
+    Buffers (the stored position tables) are not weights and are not counted (they are in the size)."""
+    buffers = {name for name, _ in module.named_buffers()}
+    return sum(_count_state(v) for k, v in module.state_dict().items() if k not in buffers)
 
 
 # ----------------------------------------------------------------------------------- writing
@@ -419,6 +421,20 @@ def load_artifact(dir: Path, verify: bool = True) -> LoadedArtifact:
         manifest=manifest,
         config=config,
     )
+
+
+def symbol_table(config: Mapping[str, Any]):
+    """The input symbol table of an artifact's config.json: the loaded voice's dictionaries, or None
+    (the frontend's built-in table: the seeded presets and plugin models)."""
+    model = config.get("model") or {}
+    cfg = model.get("config") if isinstance(model, Mapping) else None
+    if model.get("factory", REFERENCE_FACTORY) != REFERENCE_FACTORY or not isinstance(cfg, Mapping):
+        return None
+    if cfg.get("symbols") is None:
+        return None
+    from variants.symbols import SymbolTable
+
+    return SymbolTable.from_dict(cfg["symbols"], "config.json: model.config.symbols")
 
 
 def list_samples(dir: Path) -> List[Path]:

@@ -71,7 +71,9 @@ class _Builder:
         quality: bool,
         progress: Progress,
         quality_sentences: int = 2,
+        voice=None,
     ) -> None:
+        self.voice = voice  # variants.modelscope.Voice: the root's weights come from a model directory
         self.model = model
         self.preset = preset
         self.seed = seed
@@ -82,9 +84,18 @@ class _Builder:
         self.code = code_version()
         self.nodes: Dict[str, _Node] = {}
         self._reference = None
+        self.symbols = art.symbol_table({"model": model})
+        # what identifies the root's weights in the cache: the checkpoints' hashes, not where they lie
+        self.key_model = dict(model)
+        if voice is not None:
+            self.key_model["source"] = {k: v for k, v in voice.source.items() if k != "model_dir"}
 
     # -------------------------------------------------------------------------------- model factory
     def build_pair(self, model: Mapping[str, Any]) -> Tuple[nn.Module, nn.Module]:
+        if self.voice is not None:
+            from variants.modelscope import build_voice
+
+            return build_voice(self.voice)
         from variants.plugin import build_models
 
         return build_models(model["factory"], model["config"], self.seed)
@@ -102,7 +113,9 @@ class _Builder:
 
         corpus = [s for s in default_corpus(seed=0) if s.length_class in ("short", "medium")]
         return [
-            text_to_ids(corpus[i % len(corpus)].text, emotion=EMOTIONS[i % len(EMOTIONS)]).to_tensors()
+            text_to_ids(
+                corpus[i % len(corpus)].text, emotion=EMOTIONS[i % len(EMOTIONS)], symbols=self.symbols
+            ).to_tensors()
             for i in range(n)
         ]
 
@@ -112,7 +125,7 @@ class _Builder:
 
             self.progress("quality: running the original on the evaluation set")
             sentences = evaluation_sentences(self.quality_sentences)
-            self._reference = build_reference(self.root().models()[0], sentences)
+            self._reference = build_reference(self.root().models()[0], sentences, symbols=self.symbols)
         return self._reference
 
     # -------------------------------------------------------------------------------- nodes
@@ -122,7 +135,7 @@ class _Builder:
     def node(self, steps: Tuple[Step, ...], name: str = "original") -> _Node:
         """The artifact of a recipe prefix: from this build, from the cache, or built now (parents first)."""
         recipe_list = [s.to_dict() for s in steps]
-        key = cache_key(self.model, recipe_list, self.seed, self.code)
+        key = cache_key(self.key_model, recipe_list, self.seed, self.code)
         if key in self.nodes:
             return self.nodes[key]
         hit = self.cache.lookup(key)
@@ -134,7 +147,9 @@ class _Builder:
         parent = self.node(steps[:-1], _prefix_name(steps[:-1], name)) if steps else None
         started = time.perf_counter()
         if parent is None:
-            self.progress(f"{name}: building the original model")
+            where = f" from {self.voice.source['model_dir']}" if self.voice is not None else ""
+            verb = "loading" if where else "building"
+            self.progress(f"{name}: {verb} the original model{where}")
             acoustic, vocoder = self.build_pair(self.model)
             model, transforms, report = dict(self.model), [], None
         else:
@@ -153,12 +168,20 @@ class _Builder:
             "code_version": self.code,
             "build": {"step_report": report, "seconds": round(seconds, 3), "cache_key": key},
             "sample_text": sample_text,
+            "source": self.source(),
         }
         path = self.cache.path(key)
         art.save_artifact(path, acoustic, vocoder, model, transforms, extra, samples=samples)
         node = _Node(key, path, False, model, transforms, acoustic, vocoder)
         self.nodes[key] = node
         return node
+
+    def source(self) -> Dict[str, Any]:
+        """Where the weights came from: a model directory (voice, checkpoint files and their sha256) or
+        the seeded random initialisation of a preset or factory."""
+        if self.voice is not None:
+            return {"kind": "model_dir", **self.voice.source}
+        return {"kind": "seeded", "preset": self.preset, "factory": self.model["factory"], "seed": self.seed}
 
     def apply(self, step: Step, parent: _Node):
         args = step.args
@@ -184,8 +207,19 @@ class _Builder:
             from variants.distill import distill
 
             acoustic, cfg, report = distill(
-                acoustic, model["config"], args, self.build_acoustic_for(model["factory"]), seed=self.seed
+                acoustic,
+                model["config"],
+                args,
+                self.build_acoustic_for(model["factory"]),
+                seed=self.seed,
+                symbols=self.symbols,
             )
+            model["config"] = cfg
+        elif step.op == "optimize":
+            from variants.optimize import optimize
+
+            build = self.build_acoustic_for(model["factory"])
+            acoustic, cfg, report = optimize(acoustic, model["config"], build)
             model["config"] = cfg
         elif step.op == "quantize":
             from variants.quantize import quantize
@@ -204,7 +238,7 @@ class _Builder:
         out = {}
         with torch.inference_mode():
             for emo in EMOTIONS:
-                mel = acoustic(**text_to_ids(text, emotion=emo).to_tensors()).mel
+                mel = acoustic(**text_to_ids(text, emotion=emo, symbols=self.symbols).to_tensors()).mel
                 wav = vocoder(mel.transpose(1, 2)).reshape(-1)
                 out[emo] = wav_bytes(wav)
         return out, text
@@ -242,15 +276,22 @@ def sample_sentence() -> str:
     return corpus_sample().text
 
 
+#: Listening samples are scaled to at most this peak and this RMS (-6 / -20 dBFS): a trained voice
+#: sounds normal, and random weights (a near full-scale buzz) cannot blast a stakeholder's ears.
+SAMPLE_PEAK = 0.5
+SAMPLE_RMS = 0.1
+
+
 def wav_bytes(wav: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> bytes:
-    """16-bit PCM WAV, peak-normalised to 0.9 (random-weight models have arbitrary levels)."""
+    """16-bit PCM WAV, scaled to a safe level (peak <= SAMPLE_PEAK, RMS <= SAMPLE_RMS)."""
     import numpy as np
     import soundfile as sf
 
     data = wav.detach().to(torch.float32).numpy().astype(np.float32)
     peak = float(np.abs(data).max()) if data.size else 0.0
+    rms = float(np.sqrt(np.mean(np.square(data, dtype=np.float64)))) if data.size else 0.0
     if peak > 0:
-        data = data * (0.9 / peak)
+        data = data * min(SAMPLE_PEAK / peak, SAMPLE_RMS / max(rms, 1e-12))
     buf = io.BytesIO()
     sf.write(buf, data, sample_rate, format="WAV", subtype="PCM_16")
     return buf.getvalue()
@@ -280,11 +321,14 @@ def _publish(src: Path, dest: Path, name: str) -> Dict[str, Any]:
 
 
 def resolve_model(
-    preset: str, model_factory: Optional[str], model_config: Optional[Mapping]
+    preset: str, model_factory: Optional[str], model_config: Optional[Mapping], voice=None
 ) -> Dict[str, Any]:
-    """config.json's model section for a preset of the reference model or a user's factory."""
+    """config.json's model section for a preset of the reference model, a loaded model directory's voice
+    or a user's factory."""
     from variants.models import ModelConfig, get_preset
 
+    if voice is not None:
+        return {"factory": art.REFERENCE_FACTORY, "config": dict(voice.model_config)}
     if model_factory in (None, art.REFERENCE_FACTORY):
         try:
             if model_config is not None:
@@ -313,6 +357,8 @@ def build_variants(
     model_config: Optional[Mapping[str, Any]] = None,
     quality_sentences: int = 2,
     threads: Optional[int] = 1,
+    model_dir: Optional[Path] = None,
+    voice: Optional[str] = None,
 ) -> List[BuiltVariant]:
     """Build (or fetch from the cache) every variant; return them in the order asked.
 
@@ -321,11 +367,18 @@ def build_variants(
     ``quality_sentences`` is the size of the fixed evaluation set (x 7 emotions).
     ``recipes`` adds user-defined variants (name -> Recipe from ``parse_recipe``); ``model_factory`` is a
     user's ``"package.module:factory"`` (see variants.plugin) with its ``model_config``; ``cache_dir``
-    defaults to ``out/.cache``. Invalid recipes raise RecipeError before anything is built.
+    defaults to ``out/.cache``. ``model_dir`` (with ``voice``, default: the directory's first) loads the
+    original model from a ModelScope model directory instead of a preset (``variants.modelscope``).
+    Invalid recipes and unusable model directories raise before anything is built.
     """
     progress = progress or _quiet
     out = Path(out)
-    model = resolve_model(preset, model_factory, model_config)
+    loaded = None
+    if model_dir is not None:
+        from variants.modelscope import load_voice
+
+        loaded = load_voice(Path(model_dir), voice)
+    model = resolve_model(preset, model_factory, model_config, loaded)
     resolved = resolve_variants(list(variants), recipes)
     for recipe in resolved:
         check_recipe(recipe, model["config"])
@@ -334,7 +387,16 @@ def build_variants(
 
         check_conventions(model["factory"], model["config"], seed)
     cache = BuildCache(Path(cache_dir) if cache_dir is not None else out / ".cache")
-    builder = _Builder(model, preset, seed, cache, quality, progress, quality_sentences)
+    builder = _Builder(
+        model,
+        None if loaded is not None else preset,
+        seed,
+        cache,
+        quality,
+        progress,
+        quality_sentences,
+        loaded,
+    )
     results = []
     old_threads = torch.get_num_threads()
     if threads is not None:

@@ -58,14 +58,16 @@ def generated_sentences(n: int, seed: int, min_chars: int = 6, max_chars: int = 
     return out
 
 
-def training_set(teacher: nn.Module, n: int, seed: int) -> List[Tuple[Dict[str, torch.Tensor], object]]:
+def training_set(
+    teacher: nn.Module, n: int, seed: int, symbols=None
+) -> List[Tuple[Dict[str, torch.Tensor], object]]:
     """(inputs, teacher output) pairs on generated sentences, emotions cycling; teacher run once each."""
     from variants.frontend import EMOTIONS, text_to_ids
 
     pairs = []
     with torch.no_grad():
         for i, text in enumerate(generated_sentences(n, seed)):
-            inputs = text_to_ids(text, emotion=EMOTIONS[i % len(EMOTIONS)]).to_tensors()
+            inputs = text_to_ids(text, emotion=EMOTIONS[i % len(EMOTIONS)], symbols=symbols).to_tensors()
             pairs.append((inputs, teacher(**inputs)))
     return pairs
 
@@ -85,6 +87,7 @@ def distill(
     args: Mapping,
     build_acoustic: Callable[[Dict], nn.Module],
     seed: int = 0,
+    symbols=None,
 ) -> Tuple[nn.Module, Dict, Dict]:
     """Build and train the student. Returns ``(student, student_config_dict, report)``; teacher untouched."""
     keep = plan_distill(model_config, args)
@@ -92,7 +95,7 @@ def distill(
     torch.manual_seed(seed)
     student = build_acoustic(new_config)
     init_from_teacher(student, teacher, keep)
-    data = training_set(teacher, args["sentences"], seed)
+    data = training_set(teacher, args["sentences"], seed, symbols)
     parallel = _supports_teacher_mel(student)
     student.eval()  # no dropout in these models; eval keeps inference-time behaviour while training
     for p in student.parameters():

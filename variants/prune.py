@@ -1,11 +1,14 @@
 """Pruning steps: structured (whole heads and FFN channels, tensors really shrink) and unstructured (L1).
 
-Structured pruning works on the module names the reference Sambert keeps stable (see contracts.md):
+Structured pruning works on the module names the reference Sambert keeps stable:
 ``encoder.layers[i].attn`` / ``.ffn`` and ``decoder.layers[i].self_attn`` / ``.cross_attn`` / ``.ffn``.
 One head is sliced consistently from every projection that carries it: the fused ``qkv`` rows (in each of
-the q, k and v blocks), the cross-attention ``q`` rows and ``kv`` rows (k and v blocks) and the ``out``
-projection's input columns. An FFN channel is a row of ``w1`` (Conv1d or Linear) with its bias and a
-column of ``w2``. The pruned model is rebuilt from its new per-layer config (``enc_heads``, ``enc_ffn``,
+the q, k and v blocks) and the ``out`` projection's input columns; in a decoder (PNCA) layer the query is
+shared by the self- and the memory attention, so a head is one unit there: its ``self_attn.qkv`` rows, the
+memory attention's ``kv`` rows (k and v blocks) and both ``out`` projections' columns go together (the
+layer's target is ``decoder.layers[i].self_attn``). An FFN channel is a row of ``w1`` with its bias and a
+column of ``w2`` (kernel-1 ``Conv1d`` in the original implementation, ``Linear`` after ``optimize``).
+The pruned model is rebuilt from its new per-layer config (``enc_heads``, ``enc_ffn``,
 ``dec_heads``, ``dec_ffn``) and loaded with ``strict=True``, so the config alone rebuilds the artifact.
 
 Importance: ``activation`` (default) runs a few calibration sentences and scores a head by the mean L2
@@ -28,9 +31,9 @@ from torch import nn
 from variants.errors import RecipeError
 from variants.recipes import n_removed, plan_prune
 
-ATTN_KINDS = {"attn": "self", "self_attn": "self", "cross_attn": "cross"}
+ATTN_KINDS = {"attn": "self", "self_attn": "pnca"}
 #: Projection names unstructured pruning sparsifies (attention and FFN weights).
-UNSTRUCTURED_TARGETS = ("qkv", "q", "kv", "out", "w1", "w2")
+UNSTRUCTURED_TARGETS = ("qkv", "kv", "out", "w1", "w2")
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class Prunable:
     path: str  # e.g. "encoder.layers.3.attn"
     side: str  # "enc" | "dec"
     layer: int
-    kind: str  # "self" | "cross" | "ffn"
+    kind: str  # "self" (encoder) | "pnca" (decoder: self + memory attention, shared query) | "ffn"
 
 
 def prunable_modules(acoustic: nn.Module) -> List[Prunable]:
@@ -51,7 +54,7 @@ def prunable_modules(acoustic: nn.Module) -> List[Prunable]:
                 f"structured pruning needs acoustic.{stack}.layers (the reference Sambert structure)"
             )
         for i, layer in enumerate(layers):
-            for name in ("attn", "self_attn", "cross_attn", "ffn"):
+            for name in ("attn", "self_attn", "ffn"):
                 if hasattr(layer, name):
                     out.append(Prunable(f"{stack}.layers.{i}.{name}", side, i, ATTN_KINDS.get(name, "ffn")))
     return out
@@ -66,24 +69,32 @@ def _get(module: nn.Module, path: str) -> nn.Module:
 # ------------------------------------------------------------------------------------ importance
 
 
-def _head_weight_norms(attn: nn.Module, kind: str) -> torch.Tensor:
+def _out_cols(attn: nn.Module) -> torch.Tensor:
+    """The ``out`` projection's columns per head: [d_out, h, dh]."""
+    return attn.out.weight.detach().reshape(attn.out.weight.shape[0], attn.n_heads, attn.d_head)
+
+
+def _head_weight_norms(attn: nn.Module, kind: str, cross: nn.Module = None) -> torch.Tensor:
     h, dh = attn.n_heads, attn.d_head
-    out_cols = attn.out.weight.detach().reshape(attn.out.weight.shape[0], h, dh)  # [d_out, h, dh]
-    score = out_cols.pow(2).sum(dim=(0, 2))
-    if kind == "self":
-        rows = attn.qkv.weight.detach().reshape(3, h, dh, -1)
-        score = score + rows.pow(2).sum(dim=(0, 2, 3))
-    else:
-        score = score + attn.q.weight.detach().reshape(h, dh, -1).pow(2).sum(dim=(1, 2))
-        score = score + attn.kv.weight.detach().reshape(2, h, dh, -1).pow(2).sum(dim=(0, 2, 3))
+    score = _out_cols(attn).pow(2).sum(dim=(0, 2))
+    score = score + attn.qkv.weight.detach().reshape(3, h, dh, -1).pow(2).sum(dim=(0, 2, 3))
+    if kind == "pnca":
+        score = score + _out_cols(cross).pow(2).sum(dim=(0, 2))
+        score = score + cross.kv.weight.detach().reshape(2, h, dh, -1).pow(2).sum(dim=(0, 2, 3))
     return score.sqrt()
 
 
 def _ffn_weight_norms(ffn: nn.Module) -> torch.Tensor:
     w1 = ffn.w1.weight.detach()
     rows = w1.reshape(w1.shape[0], -1).pow(2).sum(dim=1)
-    cols = ffn.w2.weight.detach().pow(2).sum(dim=0)
+    w2 = ffn.w2.weight.detach()
+    cols = w2.reshape(w2.shape[0], w2.shape[1], -1).pow(2).sum(dim=(0, 2))
     return (rows * cols).sqrt()
+
+
+def _w2_column_norms(ffn: nn.Module) -> torch.Tensor:
+    w2 = ffn.w2.weight.detach()
+    return w2.reshape(w2.shape[0], w2.shape[1], -1).pow(2).sum(dim=(0, 2)).sqrt()
 
 
 class _ActivationStats:
@@ -99,6 +110,9 @@ class _ActivationStats:
                 self.handles.append(mod.w2.register_forward_pre_hook(self._ffn_hook(t.path)))
             else:
                 self.handles.append(mod.out.register_forward_pre_hook(self._head_hook(t.path, mod)))
+                if t.kind == "pnca":  # the memory attention's heads are the same heads
+                    cross = _get(acoustic, t.path.rsplit(".", 1)[0] + ".cross_attn")
+                    self.handles.append(cross.out.register_forward_pre_hook(self._head_hook(t.path, mod)))
 
     def _add(self, key: str, value: torch.Tensor, n: int) -> None:
         self.sums[key] = self.sums[key] + value if key in self.sums else value
@@ -113,8 +127,10 @@ class _ActivationStats:
         return hook
 
     def _ffn_hook(self, key: str):
-        def hook(_mod, inputs):
+        def hook(mod, inputs):
             x = inputs[0].detach()
+            if isinstance(mod, nn.Conv1d):  # [B, C, T]: channels on axis 1
+                x = x.transpose(1, 2)
             x = x.reshape(-1, x.shape[-1])
             self._add(key, x.abs().sum(dim=0), x.shape[0])
 
@@ -137,16 +153,21 @@ def importance_scores(
     calibration: Sequence[Mapping[str, torch.Tensor]] = (),
 ) -> Dict[str, torch.Tensor]:
     """Score every head (attention modules) or channel (FFN modules) of ``targets``; higher = keep."""
+    def cross_of(t: Prunable):
+        return _get(acoustic, t.path.rsplit(".", 1)[0] + ".cross_attn") if t.kind == "pnca" else None
+
     weight_scores = {}
     for t in targets:
         mod = _get(acoustic, t.path)
         if t.kind == "ffn":
             weight_scores[t.path] = _ffn_weight_norms(mod)
+        elif method == "weight_norm":
+            weight_scores[t.path] = _head_weight_norms(mod, t.kind, cross_of(t))
         else:
-            out_cols = mod.out.weight.detach().reshape(mod.out.weight.shape[0], mod.n_heads, mod.d_head)
-            weight_scores[t.path] = (
-                _head_weight_norms(mod, t.kind) if method == "weight_norm" else out_cols.norm(dim=(0, 2))
-            )
+            out_norm = _out_cols(mod).pow(2).sum(dim=(0, 2))
+            if t.kind == "pnca":
+                out_norm = out_norm + _out_cols(cross_of(t)).pow(2).sum(dim=(0, 2))
+            weight_scores[t.path] = out_norm.sqrt()
     if method == "weight_norm":
         return weight_scores
     if not calibration:
@@ -163,12 +184,12 @@ def importance_scores(
         act = stats.mean(t.path)
         if act is None:  # never ran (e.g. a branch unused at inference): fall back to weights
             scores[t.path] = (
-                _head_weight_norms(_get(acoustic, t.path), t.kind)
+                _head_weight_norms(_get(acoustic, t.path), t.kind, cross_of(t))
                 if t.kind != "ffn"
                 else _ffn_weight_norms(_get(acoustic, t.path))
             )
         elif t.kind == "ffn":
-            scores[t.path] = act * _get(acoustic, t.path).w2.weight.detach().norm(dim=0)
+            scores[t.path] = act * _w2_column_norms(_get(acoustic, t.path))
         else:
             scores[t.path] = act * weight_scores[t.path]
     return scores
@@ -214,20 +235,19 @@ def slice_state_dict(
             out[p + "w2.weight"] = state[p + "w2.weight"].index_select(1, idx).clone()
             continue
         h, dh = mod.n_heads, mod.d_head
-        if t.kind == "self":
-            rows = _head_index(k, dh, h, 3)
-            out[p + "qkv.weight"] = state[p + "qkv.weight"].index_select(0, rows).clone()
-            if p + "qkv.bias" in state:
-                out[p + "qkv.bias"] = state[p + "qkv.bias"].index_select(0, rows).clone()
-        else:
-            q_rows, kv_rows = _head_index(k, dh, h, 1), _head_index(k, dh, h, 2)
-            out[p + "q.weight"] = state[p + "q.weight"].index_select(0, q_rows).clone()
-            out[p + "kv.weight"] = state[p + "kv.weight"].index_select(0, kv_rows).clone()
-            if p + "q.bias" in state:
-                out[p + "q.bias"] = state[p + "q.bias"].index_select(0, q_rows).clone()
-            if p + "kv.bias" in state:
-                out[p + "kv.bias"] = state[p + "kv.bias"].index_select(0, kv_rows).clone()
-        out[p + "out.weight"] = state[p + "out.weight"].index_select(1, _head_index(k, dh, h, 1)).clone()
+        rows = _head_index(k, dh, h, 3)
+        out[p + "qkv.weight"] = state[p + "qkv.weight"].index_select(0, rows).clone()
+        if p + "qkv.bias" in state:
+            out[p + "qkv.bias"] = state[p + "qkv.bias"].index_select(0, rows).clone()
+        cols = _head_index(k, dh, h, 1)
+        out[p + "out.weight"] = state[p + "out.weight"].index_select(1, cols).clone()
+        if t.kind == "pnca":  # the same heads of the memory attention
+            c = t.path.rsplit(".", 1)[0] + ".cross_attn."
+            kv_rows = _head_index(k, dh, h, 2)
+            out[c + "kv.weight"] = state[c + "kv.weight"].index_select(0, kv_rows).clone()
+            if c + "kv.bias" in state:
+                out[c + "kv.bias"] = state[c + "kv.bias"].index_select(0, kv_rows).clone()
+            out[c + "out.weight"] = state[c + "out.weight"].index_select(1, cols).clone()
     return out
 
 
@@ -289,8 +309,12 @@ def structured_prune(
     state = slice_state_dict(acoustic.state_dict(), acoustic, keep, active)
     pruned.load_state_dict(state, strict=True)
     pruned.eval()
+    kept = dict(keep)
+    for path in list(keep):  # a decoder layer's memory attention keeps the heads of its self-attention
+        if path.endswith(".self_attn"):
+            kept[path.rsplit(".", 1)[0] + ".cross_attn"] = keep[path]
     report = {
-        "kept": {k: v for k, v in keep.items()},
+        "kept": kept,
         "encoder_decoder_params": {
             "before": encoder_decoder_params(acoustic),
             "after": encoder_decoder_params(pruned),
@@ -311,11 +335,13 @@ def unstructured_prune(acoustic: nn.Module, amount: float) -> Tuple[nn.Module, D
     model = copy.deepcopy(acoustic)
     zeroed = total = 0
     try:
+        paths = [t.path for t in prunable_modules(model)]
+        paths += [p.rsplit(".", 1)[0] + ".cross_attn" for p in paths if p.endswith(".self_attn")]
         targets = [
-            getattr(_get(model, t.path), name)
-            for t in prunable_modules(model)
+            getattr(_get(model, path), name)
+            for path in paths
             for name in UNSTRUCTURED_TARGETS
-            if hasattr(getattr(_get(model, t.path), name, None), "weight")
+            if hasattr(getattr(_get(model, path), name, None), "weight")
         ]
     except RecipeError:  # a user model without the reference structure: every Linear
         targets = [m for m in model.modules() if isinstance(m, nn.Linear)]

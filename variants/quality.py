@@ -104,8 +104,10 @@ def build_reference(
     original: nn.Module,
     sentences: Sequence[Tuple[str, str]] | None = None,
     emotions: Sequence[str] | None = None,
+    symbols=None,
 ) -> Reference:
-    """Run the original acoustic model on every (sentence, emotion) with the sentence's neutral durations."""
+    """Run the original acoustic model on every (sentence, emotion) with the sentence's neutral durations.
+    ``symbols``: the voice's symbol table (None: the frontend's built-in one)."""
     from variants.frontend import EMOTIONS, text_to_ids
 
     sentences = list(sentences) if sentences is not None else evaluation_sentences()
@@ -113,9 +115,10 @@ def build_reference(
     ref = Reference(items=[])
     with torch.inference_mode():
         for sid, text in sentences:
-            durations = original(**text_to_ids(text, emotion=emotions[0]).to_tensors()).durations
+            first = text_to_ids(text, emotion=emotions[0], symbols=symbols).to_tensors()
+            durations = original(**first).durations
             for emo in emotions:
-                inputs = text_to_ids(text, emotion=emo).to_tensors()
+                inputs = text_to_ids(text, emotion=emo, symbols=symbols).to_tensors()
                 ref.items.append(EvalItem(sid, emo, inputs, durations))
                 ref.mels[(sid, emo)] = original(**inputs, durations=durations).mel
     return ref

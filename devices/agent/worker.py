@@ -154,8 +154,9 @@ def measure_phases(synth: Callable[[object], dict], plan: Sequence, warmup: int,
 class Synthesizer:
     """Times one (sentence, emotion) through the frontend, the acoustic model and the vocoder."""
 
-    def __init__(self, frontend_module, acoustic, vocoder, clock: Callable[[], float]) -> None:
+    def __init__(self, frontend_module, acoustic, vocoder, clock: Callable[[], float], symbols=None) -> None:
         self.frontend = frontend_module
+        self.symbols = symbols  # the voice's symbol table (None: the frontend's built-in one)
         self.acoustic = acoustic
         self.vocoder = vocoder
         self.clock = clock
@@ -167,7 +168,7 @@ class Synthesizer:
         sentence, emotion = item
         clock = self.clock
         t0 = clock()
-        inputs = self.frontend.text_to_ids(sentence.text, emotion=emotion).to_tensors()
+        inputs = self.frontend.text_to_ids(sentence.text, emotion=emotion, symbols=self.symbols).to_tensors()
         t1 = clock()
         out = self.acoustic(**inputs)
         t2 = clock()
@@ -213,7 +214,8 @@ def run(args, started: float, phases: dict, clock: Callable[[], float] = time.pe
 
     ids = args.sentence_ids.split(",") if args.sentence_ids else None
     plan, block = make_plan(corpus, frontend.EMOTIONS, args.sentences.split(","), args.seed, ids)
-    synth = Synthesizer(frontend, acoustic, vocoder, clock)
+    symbols = artifact.symbol_table(artifact.read_config(args.artifact))
+    synth = Synthesizer(frontend, acoustic, vocoder, clock, symbols)
     rule = StopRule(args.min_iters, args.min_seconds, args.max_iters, block, deadline)
     with torch.inference_mode():
         measured = measure_phases(synth, plan, args.warmup, rule, clock)

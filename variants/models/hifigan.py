@@ -1,8 +1,10 @@
 """HifiGan generator, KAN-TTS flavour (``kantts/models/hifigan/hifigan.py``, ``hifigan_v1_16k.yaml``).
 
-Per upsampling stage: ``x + sin(x)``, then the sum of a ConvTranspose branch and a "repeat" branch
-(nearest upsample, LeakyReLU, conv k7), then the average of the stage's residual blocks. Causal padding by
-default. Weight norm is applied at construction (as in training) and folded into plain convolutions by
+Per upsampling stage: ``x + sin(x)``, then the sum of a ConvTranspose branch (LeakyReLU, then the
+transposed conv, its last kernel - stride samples cut) and a "repeat" branch (nearest upsample, LeakyReLU,
+conv k7), then the average of the stage's residual blocks; after the last stage LeakyReLU with slope 0.01,
+``conv_post``, tanh. Causal padding by default (points 19-21 of the kantts-small fixture's README).
+Weight norm is applied at construction (as in training) and folded into plain convolutions by
 ``remove_weight_norm()``; ``build_vocoder`` folds it, so the inference graph and the state_dict hold plain
 ``weight`` / ``bias`` tensors.
 
@@ -143,12 +145,12 @@ class HifiGan(nn.Module):
         for i, up in enumerate(self.ups):
             x = x + torch.sin(x)
             if self.cfg.repeat_upsample:
-                x = up(x) + self.repeat_ups[i](x)
+                x = up(F.leaky_relu(x, self.slope)) + self.repeat_ups[i](x)
             else:
-                x = up(x)
+                x = up(F.leaky_relu(x, self.slope))
             xs = self.resblocks[i * n_kernels](x)
             for j in range(1, n_kernels):
                 xs = xs + self.resblocks[i * n_kernels + j](x)
             x = xs / n_kernels
-        x = self.conv_post(F.leaky_relu(x))
+        x = self.conv_post(F.leaky_relu(x, 0.01))
         return torch.tanh(x)

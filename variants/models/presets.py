@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 #: Per-layer fields, normalised to tuples of ints.
 _SAMBERT_LIST_FIELDS = (
@@ -67,6 +67,7 @@ class SambertConfig:
     enc_ffn: Tuple[int, ...] = (1024,) * 8
     enc_ffn_kernel: int = 3
     enc_proj_dim: int = 32
+    max_len: int = 800  # rows of the encoder's stored position table: the most phones per input
     # variance adaptor: pitch/energy FSMN predictors (predictor_ffn: one entry per FSMN layer)
     predictor_ffn: Tuple[int, ...] = (256,) * 3
     predictor_memory: int = 128
@@ -80,8 +81,7 @@ class SambertConfig:
     dur_lstm_layers: int = 2
     dur_init_frames: float = 8.0  # initial output bias: exp(b) - 1 frames per phone (random weights)
     dur_init_spread: float = 0.15  # std of the initial log-duration around that bias
-    max_dur: int = 40  # frames per phone, clamp of predicted durations
-    max_frames: int = 4000  # safety cap on total frames (50 s at 12.5 ms)
+    max_frames: int = 4000  # an input predicted longer than this is an error (50 s at 12.5 ms)
     # PNCA decoder (one entry per layer in dec_heads / dec_ffn)
     outputs_per_step: int = 3
     dec_d_model: int = 128
@@ -96,6 +96,9 @@ class SambertConfig:
     postnet_kernel: int = 41
     postnet_shift: int = 17  # left context = (kernel-1)/2 + shift = 37 past, 3 future frames
     postnet_lstm: int = 128
+    # implementation: False = the original's (kernel-1 Conv1d, full-history masked decoder attention);
+    # True = written by the ``optimize`` recipe step (Linear, banded attention, preallocated cache)
+    optimized: bool = False
 
     def __post_init__(self) -> None:
         for name in _SAMBERT_LIST_FIELDS:
@@ -120,13 +123,17 @@ class SambertConfig:
             "predictor_lstm",
             "postnet_memory",
             "postnet_lstm",
-            "max_dur",
+            "max_len",
             "max_frames",
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"SambertConfig.{name}: must be >= 1, got {getattr(self, name)!r}")
         if self.predictor_kernel % 2 != 1 or self.postnet_kernel % 2 != 1:
             raise ValueError("SambertConfig: FSMN kernels must be odd")
+        if self.embedding_dim % 2:
+            raise ValueError(f"SambertConfig.embedding_dim={self.embedding_dim}: must be even")
+        if not isinstance(self.optimized, bool):
+            raise ValueError(f"SambertConfig.optimized: expected true or false, got {self.optimized!r}")
 
     @property
     def enc_layers(self) -> int:
@@ -195,13 +202,41 @@ class HifiGanConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Acoustic model + vocoder. ``to_dict()`` / ``from_dict()`` round-trip through JSON."""
+    """Acoustic model + vocoder (+ the voice's symbol tables). ``to_dict()`` / ``from_dict()`` round-trip
+    through JSON. ``symbols`` maps each input stream (sy, tone, syllable_flag, word_segment, emotion,
+    speaker) to its ordered symbol names (a loaded voice's dictionaries); None means edgebench's built-in
+    table (``variants.symbols.builtin_table``), which the seeded presets use."""
 
     acoustic: SambertConfig = field(default_factory=SambertConfig)
     vocoder: HifiGanConfig = field(default_factory=HifiGanConfig)
+    symbols: Optional[Dict[str, List[str]]] = None
+
+    def __post_init__(self) -> None:
+        if self.symbols is None:
+            return
+        if not isinstance(self.symbols, dict):
+            raise ValueError("model config: 'symbols' must be an object of symbol lists")
+        sizes = {
+            "sy": self.acoustic.n_sy,
+            "tone": self.acoustic.n_tone,
+            "syllable_flag": self.acoustic.n_syllable_flag,
+            "word_segment": self.acoustic.n_word_segment,
+            "emotion": self.acoustic.n_emotions,
+            "speaker": self.acoustic.n_speakers,
+        }
+        for stream, rows in sizes.items():
+            names = self.symbols.get(stream)
+            if not isinstance(names, list) or len(names) != rows:
+                got = len(names) if isinstance(names, list) else names
+                raise ValueError(
+                    f"model config: symbols.{stream}: expected {rows} names (the table size), got {got!r}"
+                )
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"acoustic": self.acoustic.to_dict(), "vocoder": self.vocoder.to_dict()}
+        out: Dict[str, Any] = {"acoustic": self.acoustic.to_dict(), "vocoder": self.vocoder.to_dict()}
+        if self.symbols is not None:
+            out["symbols"] = {k: list(v) for k, v in self.symbols.items()}
+        return out
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> ModelConfig:
@@ -209,12 +244,13 @@ class ModelConfig:
             raise ValueError(
                 f"model config: expected an object with 'acoustic' and 'vocoder', got {type(data)}"
             )
-        unknown = sorted(set(data) - {"acoustic", "vocoder"})
+        unknown = sorted(set(data) - {"acoustic", "vocoder", "symbols"})
         if unknown:
             raise ValueError(f"model config: unknown keys {unknown}")
         return cls(
             acoustic=SambertConfig.from_dict(data.get("acoustic", {})),
             vocoder=HifiGanConfig.from_dict(data.get("vocoder", {})),
+            symbols=data.get("symbols"),
         )
 
 

@@ -1,40 +1,40 @@
 """Sambert acoustic model: a PyTorch re-implementation of KAN-TTS ``KanTtsSAMBERT`` (ModelScope
-``speech_sambert-hifigan_tts_zhitian_emo_zh-cn_16k``), with seeded random weights.
+``speech_sambert-hifigan_tts_zhitian_emo_zh-cn_16k``).
 
-Pipeline (see /shared/workload.md for the dimensions of the ``base`` preset)::
+It reproduces the original forward semantics (checked against the original code's outputs in
+``shared/fixtures/kantts-small``; the numbered points of that fixture's README are cited as [n]) and loads
+the original checkpoints through ``variants.modelscope``. The built-in presets are this architecture with
+seeded weights. Pipeline::
 
-    ids --4 embeddings (summed)--> TextEncoder (pre-LN attention, ConvFFN) --Linear--> text [B,T,32]
-    VarianceAdaptor: pitch/energy FSMN+BiLSTM predictors (embedded by Conv1d k9, added),
-                     autoregressive duration predictor (LSTM over phones, log-duration),
-                     length regulator (pad to a multiple of r) + duration-relative position encoding
-    memory per decoder step = [3 frames of text | speaker | emotion]            [B, S, 160]
-    PNCA decoder: autoregressive, r=3 frames per step, KV cache; band-limited self-attention over past
-                  steps and cross-attention over memory steps [t, t+band]       [B, S*3, 80]
-    PostNet: FSMN + LSTM + Linear, residual                                    mel [B, frames, 80]
+    ids --4 embeddings summed, x sqrt(d_model) + position table--> FFT blocks --LN, Linear--> text [B,T,P]
+    VarianceAdaptor: pitch/energy FSMN+BiLSTM predictors on [text|spk|emo], embedded (Conv1d k9) and
+                     added to the text; autoregressive duration predictor (ReLU'd log(1+frames)) on
+                     [text_aug|spk|emo]; length regulator (pad to a multiple of r) + duration position code
+    memory per decoder step = [r frames of text | speaker | emotion of the group's first frame]
+    PNCA decoder: autoregressive, r frames per step; a shared query attends its own past steps (band
+                  x_band) and the memory steps [t, t + h_band]                       [B, S*r, 80]
+    PostNet (masked FSMN + LSTM + Linear, residual)                                   mel [B, frames, 80]
 
-Deviation from KAN-TTS (kept for the team's pruning contract): KAN-TTS's PNCA block shares one query
-projection between the self- and the memory attention; here ``cross_attn`` has its own ``q`` Linear
-(+d*d+d parameters per decoder layer, ~1.6 % of the base model).
+Two implementations, one set of weights (``SambertConfig.optimized``):
 
-Decoder modes:
+* ``optimized=False`` (``original``): what the original code does and costs: kernel-1 convolutions run as
+  ``Conv1d``, the decoder attends over its whole history with a mask and grows its key/value cache step by
+  step, and the memory attention scores every memory step under a mask;
+* ``optimized=True`` (the ``optimize`` recipe step): kernel-1 convolutions as ``Linear``, the decoder's
+  self-attention cache preallocated and both attentions computed on their band only. Outputs equal the
+  original's within float rounding (1e-5).
 
-* autoregressive (default): step loop, one step = 3 frames, self-attention keys/values of past steps
-  in a preallocated cache, memory keys/values projected once;
-* teacher-forced parallel (``teacher_mel=`` given): one pass over all steps with band masks (the input
-  of step t is the last frame of step t-1 of ``teacher_mel``), for fast distillation training. With
-  ``teacher_mel`` equal to the autoregressive decoder output it reproduces that output.
+``teacher_mel=`` switches the decoder to a parallel teacher-forced pass (for distillation): the input of
+step t is the last frame of step t-1 of ``teacher_mel``.
 
-Batches: inputs are [B, T] without padding (every sequence has the same number of phones); output
-frames differ per item: ``mel`` is padded to the longest, ``frames`` holds each length. The frontend
-produces B = 1.
-
-Runs on the device too: Python 3.8+, torch 1.13+.
+Batches: inputs are [B, T] without padding (every sequence has the same number of phones). The frontend
+produces B = 1. Runs on the device too: Python 3.8+, torch 1.13+.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -42,12 +42,16 @@ from torch import nn
 
 from .layers import (
     ConvFeedForward,
-    CrossAttention,
     FsmnEncoder,
-    LinearFeedForward,
+    MemoryAttention,
     MultiHeadSelfAttention,
+    PointwiseFeedForward,
     Prenet,
-    sinusoid_table,
+    attend,
+    duration_position_code,
+    duration_timescales,
+    encoder_position_table,
+    merge_heads,
 )
 from .presets import SambertConfig
 
@@ -70,13 +74,15 @@ class AcousticOutput(NamedTuple):
 
 
 class EncoderLayer(nn.Module):
-    """Pre-LN self-attention block; no residual around the attention when it changes the width (block 0)."""
+    """Pre-LN FFT block [4]; no residual around the attention when it changes the width (block 0)."""
 
-    def __init__(self, d_in: int, d_model: int, n_heads: int, d_head: int, d_ffn: int, kernel: int) -> None:
+    def __init__(
+        self, d_in: int, d_model: int, n_heads: int, d_head: int, d_ffn: int, kernel: int, as_linear: bool
+    ) -> None:
         super().__init__()
         self.attn_norm = nn.LayerNorm(d_in, eps=1e-6)
         self.attn = MultiHeadSelfAttention(d_in, d_model, n_heads, d_head)
-        self.ffn = ConvFeedForward(d_model, d_ffn, kernel)
+        self.ffn = ConvFeedForward(d_model, d_ffn, kernel, as_linear)
         self.residual = d_in == d_model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,8 +92,8 @@ class EncoderLayer(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """KAN-TTS ``TextFftEncoder``: 4 summed embeddings, sinusoidal positions (input scaled by sqrt(d_model)),
-    ``layers``, final LayerNorm, ``proj`` Linear (no bias) to the text projection width."""
+    """KAN-TTS ``TextFftEncoder`` [1-5]: 4 summed embeddings, times sqrt(d_model), plus the stored position
+    table (``position_enc``), FFT blocks, final LayerNorm, ``proj`` Linear (no bias)."""
 
     def __init__(self, cfg: SambertConfig) -> None:
         super().__init__()
@@ -97,6 +103,7 @@ class TextEncoder(nn.Module):
         self.syllable_flag_emb = nn.Embedding(cfg.n_syllable_flag, e)
         self.word_segment_emb = nn.Embedding(cfg.n_word_segment, e)
         self.d_model = cfg.enc_d_model
+        self.register_buffer("position_enc", encoder_position_table(cfg.max_len, e))
         self.layers = nn.ModuleList(
             [
                 EncoderLayer(
@@ -106,6 +113,7 @@ class TextEncoder(nn.Module):
                     cfg.enc_d_head,
                     f,
                     cfg.enc_ffn_kernel,
+                    cfg.optimized,
                 )
                 for i, (h, f) in enumerate(zip(cfg.enc_heads, cfg.enc_ffn))
             ]
@@ -114,10 +122,15 @@ class TextEncoder(nn.Module):
         self.proj = nn.Linear(cfg.enc_d_model, cfg.enc_proj_dim, bias=False)
 
     def forward(self, sy, tone, syllable_flag, word_segment) -> torch.Tensor:
+        t = sy.size(1)
+        if t > self.position_enc.size(1):
+            raise ValueError(
+                f"Sambert: {t} phones, more than the model's position table ({self.position_enc.size(1)}, "
+                "max_len); split the text"
+            )
         x = self.sy_emb(sy) + self.tone_emb(tone) + self.syllable_flag_emb(syllable_flag)
         x = x + self.word_segment_emb(word_segment)
-        positions = torch.arange(x.size(1), device=x.device)
-        x = x * math.sqrt(self.d_model) + sinusoid_table(positions, x.size(-1)).unsqueeze(0)
+        x = x * math.sqrt(self.d_model) + self.position_enc[:, :t]
         for layer in self.layers:
             x = layer(x)
         return self.proj(self.norm(x))
@@ -127,12 +140,17 @@ class TextEncoder(nn.Module):
 
 
 class FsmnPredictor(nn.Module):
-    """KAN-TTS ``VarFsmnRnnNARPredictor`` (pitch, energy): FSMN -> BiLSTM -> Linear(2*lstm, 1)."""
+    """KAN-TTS ``VarFsmnRnnNARPredictor`` (pitch, energy) [7, 18]: FSMN -> BiLSTM -> Linear(2*lstm, 1)."""
 
     def __init__(self, d_in: int, cfg: SambertConfig) -> None:
         super().__init__()
         self.fsmn = FsmnEncoder(
-            d_in, cfg.predictor_ffn, cfg.predictor_memory, cfg.predictor_kernel, cfg.predictor_shift
+            d_in,
+            cfg.predictor_ffn,
+            cfg.predictor_memory,
+            cfg.predictor_kernel,
+            cfg.predictor_shift,
+            cfg.optimized,
         )
         self.lstm = nn.LSTM(cfg.predictor_memory, cfg.predictor_lstm, batch_first=True, bidirectional=True)
         self.fc = nn.Linear(2 * cfg.predictor_lstm, 1)
@@ -143,9 +161,8 @@ class FsmnPredictor(nn.Module):
 
 
 class DurationPredictor(nn.Module):
-    """KAN-TTS ``VarRnnARPredictor``: autoregressive over phones. Input of phone i is the log-duration of
-    phone i-1 (0 for the first) through ``prenet`` 1->128->128, concatenated with the condition (224 in
-    base), 2-layer ``lstm``, ``fc`` -> log(frames + 1)."""
+    """KAN-TTS ``VarRnnARPredictor`` [8]: autoregressive over phones. Step i: ``prenet`` of the previous
+    output, concatenated before the condition, 2-layer ``lstm``, ``fc``, ReLU -> log(1 + frames) >= 0."""
 
     def __init__(self, d_cond: int, cfg: SambertConfig) -> None:
         super().__init__()
@@ -156,28 +173,25 @@ class DurationPredictor(nn.Module):
         self.fc = nn.Linear(cfg.dur_lstm, 1)
 
     def forward(self, cond: torch.Tensor, durations: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced: all phones at once from known durations [B,T]."""
-        prev = F.pad(durations[:, :-1].float(), (1, 0))
-        x = self.prenet(torch.log(prev + 1.0).unsqueeze(-1))
-        h, _ = self.lstm(torch.cat([x, cond], dim=-1))
-        return self.fc(h).squeeze(-1)
+        """Teacher-forced: all phones at once, step i fed log(1 + durations[i-1]) (step 0: 0)."""
+        prev = torch.log(F.pad(durations[:, :-1].float(), (1, 0)) + 1.0)  # step 0: log(1) = 0
+        h, _ = self.lstm(torch.cat([self.prenet(prev.unsqueeze(-1)), cond], dim=-1))
+        return F.relu(self.fc(h)).squeeze(-1)
 
     def infer(self, cond: torch.Tensor) -> torch.Tensor:
-        """Autoregressive: one LSTM step per phone, feeding back the predicted log-duration."""
-        b = cond.size(0)
-        x = cond.new_zeros(b, 1, 1)
+        """Autoregressive: one LSTM step per phone, feeding back the (ReLU'd, unrounded) output."""
+        x = cond.new_zeros(cond.size(0), 1, 1)
         state: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
         outputs = []
         for i in range(cond.size(1)):
-            step_in = torch.cat([self.prenet(x), cond[:, i : i + 1]], dim=-1)
-            h, state = self.lstm(step_in, state)
-            x = self.fc(h)
+            h, state = self.lstm(torch.cat([self.prenet(x), cond[:, i : i + 1]], dim=-1), state)
+            x = F.relu(self.fc(h))
             outputs.append(x)
         return torch.cat(outputs, dim=1).squeeze(-1)
 
 
 def length_regulate(x: torch.Tensor, durations: torch.Tensor, total: int) -> torch.Tensor:
-    """Repeat phone i of x [B,T,D] durations[b,i] times -> [B,total,D] (zeros after each item's end)."""
+    """Repeat phone i of x [B,T,D] durations[b,i] times -> [B,total,D] (zeros after each item's end) [9]."""
     b, t, _ = x.shape
     ends = torch.cumsum(durations, dim=1)  # [B,T]
     frame = torch.arange(total, device=x.device)
@@ -189,7 +203,7 @@ def length_regulate(x: torch.Tensor, durations: torch.Tensor, total: int) -> tor
 
 
 def duration_positions(durations: torch.Tensor, total: int) -> torch.Tensor:
-    """Position of each frame inside its phone, 1-based (0 after each item's end): [B,total] float."""
+    """Position of each frame inside its phone, 1-based; 0 on padded frames [10]: [B,total] float."""
     b, t = durations.shape
     ends = torch.cumsum(durations, dim=1)
     starts = ends - durations
@@ -210,80 +224,129 @@ class VarianceAdaptor(nn.Module):
         k = cfg.variance_emb_kernel
         self.pitch_emb = nn.Conv1d(1, cfg.enc_proj_dim, k, padding=(k - 1) // 2)
         self.energy_emb = nn.Conv1d(1, cfg.enc_proj_dim, k, padding=(k - 1) // 2)
+        self.register_buffer("dur_timescales", duration_timescales(cfg.enc_proj_dim))
 
 
 # --------------------------------------------------------------------------------------------- decoder
 
 
 def band_masks(
-    n_query: int, n_memory: int, band: int, device: torch.device
+    n_query: int, n_memory: int, x_band: int, h_band: int, device: torch.device
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Boolean (True = attend) masks of the PNCA decoder: query step t sees its own past steps
-    [t-band, t] and memory steps [t, t+band]."""
+    """Boolean (True = attend) masks of the PNCA decoder [14]: query step t sees its own steps
+    [t - x_band, t] and memory steps [t, t + h_band]."""
     q = torch.arange(n_query, device=device).unsqueeze(1)
     k = torch.arange(n_query, device=device).unsqueeze(0)
     m = torch.arange(n_memory, device=device).unsqueeze(0)
-    self_mask = (k <= q) & (k >= q - band)
-    mem_mask = (m >= q) & (m <= q + band)
+    self_mask = (k <= q) & (k >= q - x_band)
+    mem_mask = (m >= q) & (m <= q + h_band)
     return self_mask, mem_mask
 
 
 class DecoderLayer(nn.Module):
-    """PNCA block: one pre-LN feeding ``self_attn`` (over past steps) and ``cross_attn`` (over memory),
-    outputs summed with the residual; then ``ffn`` (kernel-1 convs as Linear)."""
+    """PNCA block [14]: one LayerNorm and one ``self_attn.qkv`` projection; the query attends the past
+    steps (``self_attn``) and the memory (``cross_attn``, k/v from the memory); both outputs are added to
+    the residual; then ``ffn``."""
 
-    def __init__(self, d_model: int, d_mem: int, n_heads: int, d_head: int, d_ffn: int) -> None:
+    def __init__(
+        self, d_model: int, d_mem: int, n_heads: int, d_head: int, d_ffn: int, as_linear: bool
+    ) -> None:
         super().__init__()
         self.attn_norm = nn.LayerNorm(d_model, eps=1e-6)
         self.self_attn = MultiHeadSelfAttention(d_model, d_model, n_heads, d_head)
-        self.cross_attn = CrossAttention(d_model, d_mem, n_heads, d_head)
-        self.ffn = LinearFeedForward(d_model, d_ffn)
+        self.cross_attn = MemoryAttention(d_model, d_mem, n_heads, d_head)
+        self.ffn = PointwiseFeedForward(d_model, d_ffn, as_linear)
 
-    def forward(self, x, memory, self_mask, mem_mask) -> torch.Tensor:
-        h = self.attn_norm(x)
-        x = x + self.self_attn(h, self_mask) + self.cross_attn(h, memory, mem_mask)
+    def forward(self, x, memory_kv, self_mask, mem_mask) -> torch.Tensor:
+        q, k, v = self.self_attn.project(self.attn_norm(x))
+        mk, mv = memory_kv
+        x = x + self.self_attn.out(merge_heads(attend(q, k, v, self_mask)))
+        x = x + self.cross_attn.out(merge_heads(attend(q, mk, mv, mem_mask)))
         return self.ffn(x)
 
 
 class PncaDecoder(nn.Module):
-    """KAN-TTS ``MelPNCADecoder`` / ``HybridAttentionDecoder``: ``prenet`` 80->256->256->128, ``in_proj``
-    (128 + memory -> d_model), ``layers``, final LayerNorm, ``out_proj`` -> r*80."""
+    """KAN-TTS ``MelPNCADecoder`` [12-16]: ``prenet`` 80 -> units -> d_model, ``in_proj`` on
+    [memory step | prenet] times sqrt(d_model), PNCA ``layers``, final LayerNorm, ``out_proj`` -> r*80."""
 
     def __init__(self, cfg: SambertConfig) -> None:
         super().__init__()
         self.r = cfg.outputs_per_step
         self.n_mels = cfg.n_mels
+        self.optimized = cfg.optimized
         d = cfg.dec_d_model
+        self.scale = math.sqrt(d)
         self.prenet = Prenet(cfg.n_mels, cfg.dec_prenet, d)
-        self.in_proj = nn.Linear(d + cfg.memory_dim, d)
+        self.in_proj = nn.Linear(cfg.memory_dim + d, d)
         self.layers = nn.ModuleList(
             [
-                DecoderLayer(d, cfg.memory_dim, h, cfg.dec_d_head, f)
+                DecoderLayer(d, cfg.memory_dim, h, cfg.dec_d_head, f, cfg.optimized)
                 for h, f in zip(cfg.dec_heads, cfg.dec_ffn)
             ]
         )
         self.norm = nn.LayerNorm(d, eps=1e-6)
         self.out_proj = nn.Linear(d, self.r * cfg.n_mels)
 
-    def forward_parallel(self, inputs: torch.Tensor, memory: torch.Tensor, band: int) -> torch.Tensor:
-        """All steps at once. inputs [B,L,80] (step t's input frame), memory [B,S,Dm] with S >= L; step t
-        uses memory[t] as input and attends memory steps [t, t+band] of the whole memory."""
+    def _input(self, frames: torch.Tensor, memory_steps: torch.Tensor) -> torch.Tensor:
+        return self.in_proj(torch.cat([memory_steps, self.prenet(frames)], dim=-1)) * self.scale
+
+    def forward_parallel(
+        self, inputs: torch.Tensor, memory: torch.Tensor, x_band: int, h_band: int
+    ) -> torch.Tensor:
+        """All steps at once. inputs [B,L,80] (step t's input frame), memory [B,S,Dm] with S >= L."""
         n = inputs.size(1)
-        x = self.in_proj(torch.cat([self.prenet(inputs), memory[:, :n]], dim=-1))
-        self_mask, mem_mask = band_masks(n, memory.size(1), band, memory.device)
+        x = self._input(inputs, memory[:, :n])
+        self_mask, mem_mask = band_masks(n, memory.size(1), x_band, h_band, memory.device)
         for layer in self.layers:
-            x = layer(x, memory, self_mask, mem_mask)
+            x = layer(x, layer.cross_attn.project_memory(memory), self_mask, mem_mask)
         return self.out_proj(self.norm(x))
 
-    def teacher_forced(self, teacher_mel: torch.Tensor, memory: torch.Tensor, band: int) -> torch.Tensor:
+    def teacher_forced(
+        self, teacher_mel: torch.Tensor, memory: torch.Tensor, x_band: int, h_band: int
+    ) -> torch.Tensor:
         """Parallel pass with the teacher's frames: the input of step t is frame r*t - 1 of teacher_mel."""
         steps = memory.size(1)
         prev = teacher_mel[:, self.r - 1 :: self.r][:, : steps - 1]
         inputs = torch.cat([teacher_mel.new_zeros(teacher_mel.size(0), 1, self.n_mels), prev], dim=1)
-        return self.forward_parallel(inputs, memory, band)
+        return self.forward_parallel(inputs, memory, x_band, h_band)
 
-    def infer(self, memory: torch.Tensor, band: int) -> torch.Tensor:
-        """Autoregressive step loop with a key/value cache: memory [B,S,Dm] -> [B,S,r*80]."""
+    def infer(self, memory: torch.Tensor, x_band: int, h_band: int) -> torch.Tensor:
+        """Autoregressive step loop: memory [B,S,Dm] -> [B,S,r*80]. Step 0 gets a zero frame, step t the
+        last frame of step t-1 [12]."""
+        if self.optimized:
+            return self._infer_banded(memory, x_band, h_band)
+        return self._infer_full(memory, x_band, h_band)
+
+    def _infer_full(self, memory: torch.Tensor, x_band: int, h_band: int) -> torch.Tensor:
+        """The original's cost model: a growing cache, every past step and memory step scored, masked."""
+        b, steps, _ = memory.shape
+        mem_kv = [layer.cross_attn.project_memory(memory) for layer in self.layers]
+        caches = [(None, None)] * len(self.layers)
+        mem_pos = torch.arange(steps, device=memory.device)
+        frame = memory.new_zeros(b, 1, self.n_mels)
+        outputs = []
+        for t in range(steps):
+            x = self._input(frame, memory[:, t : t + 1])
+            past = torch.arange(t + 1, device=memory.device)
+            self_mask = (past >= t - x_band).unsqueeze(0)
+            mem_mask = ((mem_pos >= t) & (mem_pos <= t + h_band)).unsqueeze(0)
+            for i, layer in enumerate(self.layers):
+                q, k, v = layer.self_attn.project(layer.attn_norm(x))
+                kc, vc = caches[i]
+                kc = k if kc is None else torch.cat([kc, k], dim=2)
+                vc = v if vc is None else torch.cat([vc, v], dim=2)
+                caches[i] = (kc, vc)
+                mk, mv = mem_kv[i]
+                x = x + layer.self_attn.out(merge_heads(attend(q, kc, vc, self_mask)))
+                x = x + layer.cross_attn.out(merge_heads(attend(q, mk, mv, mem_mask)))
+                x = layer.ffn(x)
+            y = self.out_proj(self.norm(x))
+            outputs.append(y)
+            frame = y[:, :, -self.n_mels :]
+        return torch.cat(outputs, dim=1)
+
+    def _infer_banded(self, memory: torch.Tensor, x_band: int, h_band: int) -> torch.Tensor:
+        """The ``optimize`` step's decoder: preallocated cache, attention on the bands only."""
         b, steps, _ = memory.shape
         caches = []
         for layer in self.layers:
@@ -295,49 +358,45 @@ class PncaDecoder(nn.Module):
         frame = memory.new_zeros(b, 1, self.n_mels)
         outputs = []
         for t in range(steps):
-            x = self.in_proj(torch.cat([self.prenet(frame), memory[:, t : t + 1]], dim=-1))
-            lo, hi = max(0, t - band), min(steps, t + band + 1)
+            x = self._input(frame, memory[:, t : t + 1])
+            lo, hi = max(0, t - x_band), min(steps, t + h_band + 1)
             for layer, (mk, mv, kc, vc) in zip(self.layers, caches):
-                h = layer.attn_norm(x)
-                sa, ca = layer.self_attn, layer.cross_attn
-                q, k, v = sa.project(h)
+                q, k, v = layer.self_attn.project(layer.attn_norm(x))
                 kc[:, :, t : t + 1] = k
                 vc[:, :, t : t + 1] = v
-                self_out = sa.out(_merge(_attend(q, kc[:, :, lo : t + 1], vc[:, :, lo : t + 1])))
-                cross_out = ca.out(_merge(_attend(ca.project_query(h), mk[:, :, t:hi], mv[:, :, t:hi])))
-                x = layer.ffn(x + self_out + cross_out)
+                x = x + layer.self_attn.out(
+                    merge_heads(attend(q, kc[:, :, lo : t + 1], vc[:, :, lo : t + 1]))
+                )
+                x = x + layer.cross_attn.out(merge_heads(attend(q, mk[:, :, t:hi], mv[:, :, t:hi])))
+                x = layer.ffn(x)
             y = self.out_proj(self.norm(x))
             outputs.append(y)
             frame = y[:, :, -self.n_mels :]
         return torch.cat(outputs, dim=1)
 
 
-def _attend(q, k, v):
-    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.size(-1))
-    return torch.matmul(torch.softmax(scores, dim=-1), v)
-
-
-def _merge(x):
-    b, h, t, d = x.shape
-    return x.transpose(1, 2).reshape(b, t, h * d)
-
-
 # --------------------------------------------------------------------------------------------- postnet
 
 
 class PostNet(nn.Module):
-    """FSMN (80 in, 37 past / 3 future frames) -> LSTM -> Linear -> 80 (residual added by the caller)."""
+    """KAN-TTS ``PostNet`` [17]: masked FSMN (80 in) -> LSTM -> Linear -> 80 (the caller adds the
+    residual)."""
 
     def __init__(self, cfg: SambertConfig) -> None:
         super().__init__()
         self.fsmn = FsmnEncoder(
-            cfg.n_mels, cfg.postnet_ffn, cfg.postnet_memory, cfg.postnet_kernel, cfg.postnet_shift
+            cfg.n_mels,
+            cfg.postnet_ffn,
+            cfg.postnet_memory,
+            cfg.postnet_kernel,
+            cfg.postnet_shift,
+            cfg.optimized,
         )
         self.lstm = nn.LSTM(cfg.postnet_memory, cfg.postnet_lstm, batch_first=True)
         self.fc = nn.Linear(cfg.postnet_lstm, cfg.n_mels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, _ = self.lstm(self.fsmn(x))
+    def forward(self, x: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        h, _ = self.lstm(self.fsmn(x, keep))
         return self.fc(h)
 
 
@@ -367,7 +426,7 @@ class Sambert(nn.Module):
         fc = predictor.fc
         n = 32
         with torch.no_grad():
-            # keep the autoregressive feedback weak, or random weights drift to 1 or max_dur frames
+            # keep the autoregressive feedback weak, or random weights drift to 0 or very long phones
             predictor.prenet.layers[0].weight.mul_(0.05)
             fc.weight.zero_()
             fc.bias.fill_(math.log(cfg.dur_init_frames + 1.0))
@@ -377,8 +436,8 @@ class Sambert(nn.Module):
             ]
             emotion = torch.full((1, n), 1, dtype=torch.long)
             speaker = torch.zeros((1, n), dtype=torch.long)
-            cond = self._duration_condition(*ids, emotion, speaker)[3]
-            prev = self.variance_adaptor.duration_predictor.prenet(cond.new_full((1, n, 1), fc.bias.item()))
+            cond = self._conditions(*ids, emotion, speaker)["dur_cond"]
+            prev = predictor.prenet(cond.new_full((1, n, 1), fc.bias.item()))
             hidden, _ = predictor.lstm(torch.cat([prev, cond], dim=-1))
             direction = torch.randn(fc.weight.shape, generator=generator)
             # Random text barely changes a random encoder's output from phone to phone, so scale by the
@@ -389,31 +448,114 @@ class Sambert(nn.Module):
             fc.weight.copy_(direction * scale)
             fc.bias.sub_(float(projected.mean()) * scale)
 
-    def _durations_from_log(self, log_durations: torch.Tensor) -> torch.Tensor:
-        frames = torch.round(torch.exp(log_durations) - 1.0).long().clamp(1, self.cfg.max_dur)
-        return self._cap_total(frames)
-
-    def _cap_total(self, durations: torch.Tensor) -> torch.Tensor:
-        total = durations.sum(dim=1, keepdim=True)
-        cap = self.cfg.max_frames
-        if bool((total > cap).any()):
-            scaled = torch.div(durations * cap, total, rounding_mode="floor").clamp(min=1)
-            durations = torch.where(total > cap, scaled, durations)
-        return durations
-
-    def _duration_condition(self, sy, tone, syllable_flag, word_segment, emotion, speaker):
-        """Encoder + pitch/energy: (text incl. pitch/energy embeddings, pitch, energy, duration condition,
-        speaker, emotion)."""
-        text = self.encoder(sy, tone, syllable_flag, word_segment)  # [B,T,P]
+    def _conditions(self, sy, tone, syllable_flag, word_segment, emotion, speaker) -> Dict[str, torch.Tensor]:
+        """Encoder + pitch/energy [6, 7]: text_hid (encoder output), text (with the pitch and energy
+        embeddings added), pitch, energy, the duration condition [text | spk | emo], spk, emo."""
+        text_hid = self.encoder(sy, tone, syllable_flag, word_segment)  # [B,T,P]
         emo = self.emotion_emb(emotion)
         spk = self.speaker_emb(speaker)
         va = self.variance_adaptor
-        cond = torch.cat([text, spk, emo], dim=-1)
+        cond = torch.cat([text_hid, spk, emo], dim=-1)
         pitch = va.pitch_predictor(cond)
         energy = va.energy_predictor(cond)
-        text = text + va.pitch_emb(pitch.unsqueeze(1)).transpose(1, 2)
+        text = text_hid + va.pitch_emb(pitch.unsqueeze(1)).transpose(1, 2)
         text = text + va.energy_emb(energy.unsqueeze(1)).transpose(1, 2)
-        return text, pitch, energy, torch.cat([text, spk, emo], dim=-1), spk, emo
+        return {
+            "text_hid": text_hid,
+            "text": text,
+            "pitch": pitch,
+            "energy": energy,
+            "dur_cond": torch.cat([text, spk, emo], dim=-1),
+            "spk": spk,
+            "emo": emo,
+        }
+
+    def run(
+        self,
+        sy: torch.Tensor,
+        tone: torch.Tensor,
+        syllable_flag: torch.Tensor,
+        word_segment: torch.Tensor,
+        emotion: torch.Tensor,
+        speaker: torch.Tensor,
+        durations: Optional[torch.Tensor] = None,
+        teacher_mel: Optional[torch.Tensor] = None,
+    ) -> Dict[str, object]:
+        """The forward pass with every intermediate, named after the original's outputs: durations,
+        log_duration_predictions, pitch_predictions, energy_predictions, text_hid, LR_length_rounded,
+        x_band_width, h_band_width, memory [B,S,Dm], dec_outputs and postnet_outputs [B,S*r,80] (frames past
+        each item's length are zero)."""
+        if sy.dim() != 2 or sy.size(1) < 1:
+            raise ValueError(f"Sambert: expected ids of shape [batch, phones>=1], got {tuple(sy.shape)}")
+        c = self._conditions(sy, tone, syllable_flag, word_segment, emotion, speaker)
+        va = self.variance_adaptor
+        if durations is None:
+            log_durations = va.duration_predictor.infer(c["dur_cond"])
+            frames_float = torch.exp(log_durations) - 1.0
+            durations = torch.floor(frames_float + 0.5).long()  # [8]: no clamp, 0 frames allowed
+            longest = float(frames_float.max())  # [15]: the unrounded prediction
+        else:
+            if durations.shape != sy.shape:
+                raise ValueError(
+                    f"Sambert: durations shape {tuple(durations.shape)} != ids shape {tuple(sy.shape)}"
+                )
+            durations = durations.long()
+            if bool((durations < 0).any()):
+                raise ValueError("Sambert: forced durations must be >= 0")
+            log_durations = va.duration_predictor(c["dur_cond"], durations)
+            longest = float(durations.max())
+        frames = durations.sum(dim=1)
+        max_frames = int(frames.max())
+        if int(frames.min()) < 1:
+            raise ValueError("Sambert: every phone got 0 frames; nothing to decode")
+        if max_frames > self.cfg.max_frames:
+            raise ValueError(
+                f"Sambert: {max_frames} frames, more than max_frames={self.cfg.max_frames}; split the text"
+            )
+        band = int(longest / self.r + 0.5)
+        steps = (max_frames + self.r - 1) // self.r
+        padded = steps * self.r
+        positions = duration_positions(durations, padded)
+        lr_text = length_regulate(c["text"], durations, padded)
+        lr_text = lr_text + duration_position_code(positions, va.dur_timescales)  # [10]
+        b = sy.size(0)
+        group_start = torch.arange(steps, device=sy.device) * self.r
+        memory = torch.cat(  # [11]
+            [
+                lr_text.reshape(b, steps, self.r * lr_text.size(-1)),
+                length_regulate(c["spk"], durations, padded)[:, group_start],
+                length_regulate(c["emo"], durations, padded)[:, group_start],
+            ],
+            dim=-1,
+        )
+        if teacher_mel is None:
+            dec = self.decoder.infer(memory, band, band)
+        else:
+            if teacher_mel.size(1) < max_frames:
+                raise ValueError(
+                    f"Sambert: teacher_mel has {teacher_mel.size(1)} frames, the durations need {max_frames}"
+                )
+            teacher = teacher_mel[:, :padded]
+            if teacher.size(1) < padded:
+                teacher = F.pad(teacher, (0, 0, 0, padded - teacher.size(1)))
+            dec = self.decoder.teacher_forced(teacher, memory, band, band)
+        keep = (torch.arange(padded, device=sy.device).unsqueeze(0) < frames.unsqueeze(1)).unsqueeze(-1)
+        keep = keep.to(dec.dtype)
+        dec_outputs = dec.reshape(b, padded, self.cfg.n_mels) * keep  # [16]
+        postnet_outputs = (dec_outputs + self.postnet(dec_outputs, keep)) * keep  # [17]
+        return {
+            "durations": durations,
+            "log_duration_predictions": log_durations,
+            "pitch_predictions": c["pitch"],
+            "energy_predictions": c["energy"],
+            "text_hid": c["text_hid"],
+            "LR_length_rounded": frames,
+            "x_band_width": band,
+            "h_band_width": band,
+            "memory": memory,
+            "dec_outputs": dec_outputs,
+            "postnet_outputs": postnet_outputs,
+        }
 
     def forward(
         self,
@@ -426,66 +568,17 @@ class Sambert(nn.Module):
         durations: Optional[torch.Tensor] = None,
         teacher_mel: Optional[torch.Tensor] = None,
     ) -> AcousticOutput:
-        """ids [B,T] -> AcousticOutput. ``durations`` [B,T] forces frames per phone (teacher-forced lengths);
-        ``teacher_mel`` [B,>=frames,80] switches the decoder to the parallel teacher-forced pass."""
-        if sy.dim() != 2 or sy.size(1) < 1:
-            raise ValueError(f"Sambert: expected ids of shape [batch, phones>=1], got {tuple(sy.shape)}")
-        text, pitch, energy, dur_cond, spk, emo = self._duration_condition(
-            sy, tone, syllable_flag, word_segment, emotion, speaker
-        )
-        va = self.variance_adaptor
-        if durations is None:
-            log_durations = va.duration_predictor.infer(dur_cond)
-            durations = self._durations_from_log(log_durations)
-        else:
-            if durations.shape != sy.shape:
-                raise ValueError(
-                    f"Sambert: durations shape {tuple(durations.shape)} != ids shape {tuple(sy.shape)}"
-                )
-            durations = durations.long().clamp(min=0)
-            if bool((durations.sum(dim=1) < 1).any()):
-                raise ValueError("Sambert: forced durations give zero frames")
-            log_durations = va.duration_predictor(dur_cond, durations)
-
-        frames = durations.sum(dim=1)
-        max_frames = int(frames.max())
-        steps = (max_frames + self.r - 1) // self.r
-        padded = steps * self.r
-        lr_text = length_regulate(text, durations, padded)
-        lr_text = lr_text + sinusoid_table(duration_positions(durations, padded), text.size(-1))
-        lr_text = lr_text * (duration_positions(durations, padded) > 0).unsqueeze(-1).to(lr_text.dtype)
-        b = sy.size(0)
-        step_start = torch.arange(steps, device=sy.device) * self.r
-        memory = torch.cat(
-            [
-                lr_text.reshape(b, steps, self.r * text.size(-1)),
-                length_regulate(spk, durations, padded)[:, step_start],
-                length_regulate(emo, durations, padded)[:, step_start],
-            ],
-            dim=-1,
-        )
-        band = max(1, int(float(durations.max()) / self.r + 0.5))
-        if teacher_mel is None:
-            dec = self.decoder.infer(memory, band)
-        else:
-            if teacher_mel.size(1) < max_frames:
-                raise ValueError(
-                    f"Sambert: teacher_mel has {teacher_mel.size(1)} frames, the durations need {max_frames}"
-                )
-            teacher = teacher_mel[:, :padded]
-            if teacher.size(1) < padded:
-                teacher = F.pad(teacher, (0, 0, 0, padded - teacher.size(1)))
-            dec = self.decoder.teacher_forced(teacher, memory, band)
-        # frames past each item's length (padding to a multiple of r) are zeroed before the post-net
-        valid = (torch.arange(padded, device=sy.device).unsqueeze(0) < frames.unsqueeze(1)).unsqueeze(-1)
-        mel_decoder = dec.reshape(b, padded, self.cfg.n_mels) * valid.to(dec.dtype)
-        mel = mel_decoder + self.postnet(mel_decoder)
+        """ids [B,T] -> AcousticOutput. ``durations`` [B,T] forces frames per phone; ``teacher_mel``
+        [B,>=frames,80] switches the decoder to the parallel teacher-forced pass."""
+        out = self.run(sy, tone, syllable_flag, word_segment, emotion, speaker, durations, teacher_mel)
+        frames = out["LR_length_rounded"]
+        n = int(frames.max())
         return AcousticOutput(
-            mel=mel[:, :max_frames],
-            durations=durations,
+            mel=out["postnet_outputs"][:, :n],
+            durations=out["durations"],
             frames=frames,
-            mel_decoder=mel_decoder[:, :max_frames],
-            log_durations=log_durations,
-            pitch=pitch,
-            energy=energy,
+            mel_decoder=out["dec_outputs"][:, :n],
+            log_durations=out["log_duration_predictions"],
+            pitch=out["pitch_predictions"],
+            energy=out["energy_predictions"],
         )
