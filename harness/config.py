@@ -3,6 +3,9 @@
 ```toml
 version = 1                      # optional; the only version so far
 preset = "base"                  # reference model preset: tiny, base, large
+# model_dir = "~/.cache/modelscope/hub/damo/speech_sambert-hifigan_tts_zhitian_emo_zh-cn_16k"
+#                                # or a ModelScope model directory (its trained weights); preset is ignored
+# voice = "zhitian_emo"          # ... which of its voices (default: the first in voices/voices.json)
 # model = "mypkg.tts:factory"    # or a user's model factory (see variants.plugin); preset is then ignored
 # [model_config]                 # ... with its configuration table
 variants = ["original", "pruned", "quantized", "pruned+quantized", "small"]
@@ -59,8 +62,8 @@ DEFAULT_OUT_DIR = "edgebench-out"
 DEFAULT_RUN_TIMEOUT_S = 6 * 3600.0
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _PATH_KEYS = ("inventory", "budgets", "store", "out_dir")
-KEYS = ("version", "preset", "model", "model_config", "variants", "recipes", "devices", *_PATH_KEYS,
-        "seed", "run_timeout_s", "protocol")
+KEYS = ("version", "preset", "model_dir", "voice", "model", "model_config", "variants", "recipes", "devices",
+        *_PATH_KEYS, "seed", "run_timeout_s", "protocol")
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ class Config:
     (what ``variants.build.build_variants`` takes); ``recipe_tables`` the raw tables they came from."""
 
     preset: str = DEFAULT_PRESET
+    model_dir: Path | None = None
+    voice: str | None = None
     model: str | None = None
     model_config: Mapping[str, Any] | None = None
     variants: tuple = ()
@@ -90,6 +95,7 @@ class Config:
         proto["sentences"] = list(proto["sentences"])
         d: dict[str, Any] = {
             "version": CONFIG_VERSION, "preset": self.preset, "model": self.model,
+            "model_dir": None if self.model_dir is None else str(self.model_dir), "voice": self.voice,
             "model_config": None if self.model_config is None else dict(self.model_config),
             "variants": list(self.variants), "recipes": {k: v for k, v in self.recipe_tables.items()},
             "devices": list(self.devices), "seed": self.seed, "run_timeout_s": self.run_timeout_s,
@@ -109,7 +115,7 @@ class Config:
             if key == "protocol" and isinstance(value, Protocol):
                 value = dataclasses.asdict(value)
                 value["sentences"] = list(value["sentences"])
-            elif key in _PATH_KEYS and value is not None:
+            elif key in (*_PATH_KEYS, "model_dir") and value is not None:
                 value = str(Path(value).absolute())
             elif key in ("variants", "devices") and value is not None:
                 value = list(value)
@@ -157,6 +163,23 @@ def parse_config(data: Mapping[str, Any], source: str, base_dir: Path) -> Config
         if not isinstance(model, str) or not _FACTORY.match(model):
             raise ConfigError(source, "model", "expected 'package.module:factory'")
         values["model"] = model
+    if data.get("model_dir") is not None:
+        if model is not None:
+            raise ConfigError(source, "model_dir", "give either model_dir or model (a factory), not both")
+        raw = data["model_dir"]
+        if not isinstance(raw, str) or not raw.strip():
+            raise ConfigError(source, "model_dir", "expected the path of a ModelScope model directory")
+        p = Path(raw).expanduser()
+        p = p if p.is_absolute() else base_dir / p
+        if not p.is_dir():
+            raise ConfigError(source, "model_dir", f"{p} is not a directory")
+        values["model_dir"] = p
+    if data.get("voice") is not None:
+        if not isinstance(data["voice"], str) or not data["voice"].strip():
+            raise ConfigError(source, "voice", "expected a voice name (see voices/voices.json)")
+        if data.get("model_dir") is None:
+            raise ConfigError(source, "voice", "needs model_dir (a voice of a ModelScope model directory)")
+        values["voice"] = data["voice"]
     model_config = data.get("model_config")
     if model_config is not None:
         if not isinstance(model_config, Mapping):

@@ -40,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--preset", choices=PRESETS, default=None, help="model size (default: base)")
     parser.add_argument(
+        "--model-dir", type=Path, default=None, help="a ModelScope model directory (instead of a preset)"
+    )
+    parser.add_argument("--voice", default=None, help="its voice (default: the first in voices.json)")
+    parser.add_argument(
         "--variants",
         type=_csv,
         default=None,
@@ -65,6 +69,8 @@ def from_args(args: argparse.Namespace) -> int:
     build(
         config_path=args.config,
         preset=args.preset,
+        model_dir=args.model_dir,
+        voice=args.voice,
         variants=args.variants,
         out=args.out,
         seed=args.seed,
@@ -86,6 +92,8 @@ def build(
     config_path: Path | None = None,
     stdout=None,
     stderr=None,
+    model_dir: Path | None = None,
+    voice: str | None = None,
 ) -> list:
     """Build the variants, print progress to ``stderr`` and the table to ``stdout``; return them."""
     from rich.console import Console
@@ -94,6 +102,10 @@ def build(
     from variants.build import build_variants
 
     cfg = load_config(config_path)  # arguments given here override the configuration
+    if model_dir is not None or voice is not None:
+        cfg = cfg.with_overrides(
+            **{k: v for k, v in (("model_dir", model_dir), ("voice", voice)) if v is not None}
+        )
     preset = preset or cfg.preset
     variants = list(variants or cfg.variants)
     seed = cfg.seed if seed is None else seed
@@ -118,6 +130,8 @@ def build(
         quality=quality,
         model_factory=model,
         model_config=model_config,
+        model_dir=cfg.model_dir,
+        voice=cfg.voice,
         recipes=cfg.recipes,
         progress=progress,
     )

@@ -27,6 +27,8 @@ def _csv(text: str) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="edgebench.toml (default: ./edgebench.toml if present)")
     parser.add_argument("--preset", help="reference model preset: tiny, base or large (default: base)")
+    parser.add_argument("--model-dir", type=Path, help="a ModelScope model directory (instead of a preset)")
+    parser.add_argument("--voice", help="the model directory's voice (default: the first in voices.json)")
     parser.add_argument("--variants", type=_csv, help="comma-separated variant names (default: 4 core)")
     parser.add_argument("--devices", type=_csv, help="comma-separated device names or tag:T (default: local)")
     parser.add_argument("--out", type=Path, help="report directory (default: edgebench-out/RUN_ID)")
@@ -46,6 +48,8 @@ def from_args(args: argparse.Namespace) -> int:
     return run(
         config_path=args.config,
         preset=args.preset,
+        model_dir=args.model_dir,
+        voice=args.voice,
         variants=args.variants,
         devices=args.devices,
         out=args.out,
@@ -68,15 +72,18 @@ def _model_key(cfg) -> str:
     import hashlib
 
     d = cfg.to_dict()
-    basis = {k: d.get(k) for k in ("preset", "model", "model_config", "seed")}
+    basis = {k: d.get(k) for k in ("preset", "model_dir", "voice", "model", "model_config", "seed")}
     digest = hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{cfg.preset if cfg.model is None else 'custom'}-{digest}"
+    kind = "modelscope" if cfg.model_dir is not None else cfg.preset if cfg.model is None else "custom"
+    return f"{kind}-{digest}"
 
 
 def run(
     *,
     config_path: Path | None = None,
     preset: str | None = None,
+    model_dir: Path | None = None,
+    voice: str | None = None,
     variants: list[str] | None = None,
     devices: list[str] | None = None,
     out: Path | None = None,
@@ -112,6 +119,8 @@ def run(
         cfg = load_config(None, data=store.run(resume)["config"], source=f"run {resume}")
     overrides = {
         "preset": preset,
+        "model_dir": model_dir,
+        "voice": voice,
         "variants": variants,
         "devices": devices,
         "inventory": inventory_path,
@@ -147,6 +156,8 @@ def run(
             cache_dir=paths.cache_dir(state) / "build",
             model_factory=cfg.model,
             model_config=cfg.model_config,
+            model_dir=cfg.model_dir,
+            voice=cfg.voice,
             recipes=cfg.recipes,
             progress=progress.callback("build"),
         )
