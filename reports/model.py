@@ -305,6 +305,12 @@ class ReportData:
     history: Tuple[TrendPoint, ...] = ()
     audio: Tuple[AudioClip, ...] = ()
     budgets: Tuple[BudgetLine, ...] = ()  # the budgets in force, for display
+    model_source: Mapping[str, Any] = field(default_factory=dict)  # the original's manifest "source"
+
+    @property
+    def random_weights(self) -> bool:
+        """True when the model is a seeded preset or factory (its audio is not speech)."""
+        return self.model_source.get("kind", "seeded") == "seeded"
 
     @property
     def device_names(self) -> Tuple[str, ...]:
@@ -380,6 +386,7 @@ def load_report_data(store, run_id: str, baseline: Optional[str] = None) -> Repo
         history=tuple(_history(store, run)),
         audio=tuple(_audio(store.artifacts(run_id))),
         budgets=tuple(budget_lines_from_gate(gate_verdict.get("budgets") or {})),
+        model_source=_model_source(store.artifacts(run_id)),
     )
 
 
@@ -647,6 +654,15 @@ def _audio(artifacts: Mapping[str, Mapping[str, Any]]) -> Iterable[AudioClip]:
         base = Path(str(entry["path"]))
         for emotion, rel in sorted(((entry.get("manifest") or {}).get("samples") or {}).items(), key=order):
             yield AudioClip(variant=str(variant), emotion=str(emotion), source=base / str(rel))
+
+
+def _model_source(artifacts: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any]:
+    """Where the measured model's weights came from (any artifact's manifest: they share the root)."""
+    for entry in artifacts.values():
+        source = (entry.get("manifest") or {}).get("source")
+        if isinstance(source, Mapping):
+            return dict(source)
+    return {}
 
 
 def _opt(v: Any) -> Any:

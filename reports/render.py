@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import jinja2
 from markupsafe import Markup
@@ -198,6 +198,20 @@ def _environment() -> jinja2.Environment:
     return env
 
 
+def model_source_text(source: Mapping[str, Any]) -> str:
+    """One line saying where the measured weights came from."""
+    if source.get("kind") == "model_dir":
+        return (
+            f"voice {source.get('voice')} of {source.get('model_dir')} "
+            f"({source.get('acoustic_checkpoint')}, sha256 {str(source.get('acoustic_sha256'))[:12]})"
+        )
+    if source.get("preset"):
+        return f"the seeded '{source['preset']}' preset"
+    if source.get("factory"):
+        return f"the seeded model factory {source['factory']}"
+    return "a seeded preset"
+
+
 def render_html(data: ReportData, audio: AudioGrid, generated_at: Optional[str] = None) -> str:
     sections = [
         DeviceSection(
@@ -231,6 +245,8 @@ def render_html(data: ReportData, audio: AudioGrid, generated_at: Optional[str] 
         regressions=data.regressions,
         trend_svg=Markup(trend_svg) if trend_svg else None,
         audio=audio,
+        random_weights=data.random_weights,
+        model_source_text=model_source_text(data.model_source),
         devices=data.devices,
         fact_rows=fact_rows(data.devices),
         failed_attempts=failed_attempts,

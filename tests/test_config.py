@@ -21,7 +21,7 @@ def test_defaults_without_a_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None)
     assert cfg.preset == "base"
-    assert cfg.variants == ("original", "pruned", "quantized", "pruned+quantized")
+    assert cfg.variants == ("original", "optimized", "pruned", "quantized", "pruned+quantized")
     assert cfg.devices == ("local",)
     assert cfg.budgets is None and cfg.store is None
     assert cfg.protocol.processes == 3

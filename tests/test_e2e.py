@@ -223,3 +223,36 @@ def test_controller_killed_mid_run_loses_nothing_and_resume_finishes(tmp_path):
     after = [dict(r) for r in attempts(db) if r["status"] == "ok"]
     assert sorted(r["variant"] for r in after) == sorted(CORE)
     assert all(r in after for r in before)  # nothing measured before the kill was lost or redone
+
+
+def test_run_on_a_modelscope_model_directory(tmp_path):
+    """`edgebench run --model-dir DIR` loads the voice, builds the core variants plus `optimized`,
+    measures them on the local device and writes a report that names where the weights came from."""
+    from conftest import require_kantts_small
+
+    model_dir = require_kantts_small()
+    home = tmp_path / "state"
+    budgets = write_config(tmp_path / "budgets.toml", **GENEROUS_BUDGETS)
+    config = write_config(tmp_path / "edgebench.toml", budgets=str(budgets), protocol=QUICK_PROTOCOL)
+    out = tmp_path / "report"
+    result = cli(["run", "--config", str(config), "--model-dir", str(model_dir), "--out", str(out), "--json"],
+                 home, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    payload = json.loads(result.stdout)
+    measured = {p["variant"] for p in payload["pairs"] if p["status"] == "ok"}
+    assert measured == {"original", "optimized", "pruned", "quantized", "pruned+quantized"}
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "zhitian_emo" in html and "Implementation rewrite" in html
+    assert "not speech" not in html  # a model directory's weights are not the seeded random ones
+
+
+def test_a_bad_model_directory_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    home = tmp_path / "state"
+    broken = tmp_path / "model"
+    (broken / "voices").mkdir(parents=True)
+    (broken / "voices" / "voices.json").write_text('{"voices": ["zhitian_emo"]}')
+    result = cli(["run", "--model-dir", str(broken), "--preset", "tiny"], home, tmp_path)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "zhitian_emo: missing" in lines[0], result.stderr
+    assert not home.exists() and not (tmp_path / "edgebench-out").exists()

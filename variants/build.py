@@ -359,6 +359,7 @@ def build_variants(
     threads: Optional[int] = 1,
     model_dir: Optional[Path] = None,
     voice: Optional[str] = None,
+    loaded_voice=None,
 ) -> List[BuiltVariant]:
     """Build (or fetch from the cache) every variant; return them in the order asked.
 
@@ -369,12 +370,13 @@ def build_variants(
     user's ``"package.module:factory"`` (see variants.plugin) with its ``model_config``; ``cache_dir``
     defaults to ``out/.cache``. ``model_dir`` (with ``voice``, default: the directory's first) loads the
     original model from a ModelScope model directory instead of a preset (``variants.modelscope``).
-    Invalid recipes and unusable model directories raise before anything is built.
+    Invalid recipes and unusable model directories raise before anything is built. ``loaded_voice`` is
+    ``variants.modelscope.load_voice(model_dir, voice)`` when the caller has read it already.
     """
     progress = progress or _quiet
     out = Path(out)
-    loaded = None
-    if model_dir is not None:
+    loaded = loaded_voice
+    if loaded is None and model_dir is not None:
         from variants.modelscope import load_voice
 
         loaded = load_voice(Path(model_dir), voice)

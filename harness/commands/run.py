@@ -110,10 +110,10 @@ def run(
     from variants.build import build_variants
     from variants.recipes import BUILTIN_VARIANTS
 
-    state = paths.state_dir()
     cfg = load_config(config_path)
-    store = Store(store_path or cfg.store or paths.results_db_path(state))
     if resume:
+        state = paths.state_dir()
+        store = Store(store_path or cfg.store or paths.results_db_path(state))
         # A resumed run finishes what its stored configuration asked for, whatever the flags say.
         orchestrate.check_resumable(store, resume)
         cfg = load_config(None, data=store.run(resume)["config"], source=f"run {resume}")
@@ -136,6 +136,11 @@ def run(
         protocol = replace(protocol, **proto_overrides)
         cfg = cfg.with_overrides(protocol=protocol)
 
+    loaded_voice = None
+    if cfg.model_dir is not None:  # a bad model directory is an input error: before anything is written
+        from variants.modelscope import load_voice
+
+        loaded_voice = load_voice(cfg.model_dir, cfg.voice)
     inventory = load_inventory(cfg.inventory)
     selected = inventory.select(cfg.devices)
     # Budgets may name any variant edgebench knows (one budgets file serves several configs), but not
@@ -146,6 +151,9 @@ def run(
         variants=[*BUILTIN_VARIANTS, *cfg.recipes, *cfg.variants],
     )
 
+    if not resume:
+        state = paths.state_dir()
+        store = Store(store_path or cfg.store or paths.results_db_path(state))
     progress = Progress(enabled=not json_output)
     with progress:
         built = build_variants(
@@ -158,6 +166,7 @@ def run(
             model_config=cfg.model_config,
             model_dir=cfg.model_dir,
             voice=cfg.voice,
+            loaded_voice=loaded_voice,
             recipes=cfg.recipes,
             progress=progress.callback("build"),
         )
@@ -172,7 +181,7 @@ def run(
                 config=cfg.to_dict(),
                 budgets=budgets.to_dict(),
                 code_version=__version__,
-                preset=cfg.preset,
+                preset=cfg.preset if cfg.model_dir is None else None,
                 variants=list(cfg.variants),
                 devices=[d.name for d in selected],
             )
