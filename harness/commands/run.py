@@ -1,6 +1,6 @@
 """``edgebench run``: build what is missing, measure every (device, variant) pair, store, gate, report.
 
-With no configuration at all it builds the four core variants of the reference model (``base`` preset),
+With no configuration at all it builds the core variants of the reference model (``base`` preset),
 measures them on the built-in ``local`` device and writes the HTML report: the README's main job.
 The exit code is the gate's (0 pass, 1 budget failed or regression, 2 could not measure / bad input).
 """
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="reference model preset: tiny, base or large (default: base)")
     parser.add_argument("--model-dir", type=Path, help="a ModelScope model directory (instead of a preset)")
     parser.add_argument("--voice", help="the model directory's voice (default: the first in voices.json)")
-    parser.add_argument("--variants", type=_csv, help="comma-separated variant names (default: 4 core)")
+    parser.add_argument("--variants", type=_csv, help="comma-separated variant names (default: the 5 core ones)")
     parser.add_argument("--devices", type=_csv, help="comma-separated device names or tag:T (default: local)")
     parser.add_argument("--out", type=Path, help="report directory (default: edgebench-out/RUN_ID)")
     parser.add_argument("--resume", metavar="RUN_ID", help="finish a run: measure only the missing pairs")
