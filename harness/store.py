@@ -10,6 +10,15 @@ from different identities are never pooled even when the device name is the same
 
 Schema versions (``SCHEMA_VERSION``; the ``schema_version`` table holds the file's version):
     1: runs, artifacts, attempts, samples, facts, mos, verdicts.
+    2: interleaved measurement and interference: an attempt can be ``partial`` (its pair is measured one
+       process per round; ``processes_planned`` says how many it needs) and grows process by process
+       (``add_processes``); samples carry the measuring process's CPU seconds, the other processes' CPU
+       seconds on its CPUs, the CPU pressure stall, and whether the sample was ``disturbed``.
+
+A (device, variant) pair of a run is measured when it has an ``ok`` attempt. Measured interleaved, its
+attempt is created ``partial`` with the first process and turns ``ok`` once it holds the planned number of
+undisturbed ok processes; a process that fails makes it ``failed``. ``--resume`` completes a ``partial``
+attempt (it is never restarted).
 A file with a newer version than this code knows is refused (upgrade edgebench, or point ``--store`` at
 a new file); an older one is migrated in place by the functions in ``MIGRATIONS``, one step at a time.
 """
@@ -34,10 +43,13 @@ import pandas as pd
 from harness import paths, stats
 from harness.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-#: Attempt statuses. ``ok`` and ``failed`` come with a record from the agent; the others do not.
-ATTEMPT_STATUSES = ("ok", "failed", "unreachable", "timeout", "ineligible")
+#: Attempt statuses. ``ok``, ``failed`` and ``partial`` come with a record from the agent; the others do
+#: not. ``partial``: an interleaved pair with fewer undisturbed ok processes than planned so far.
+ATTEMPT_STATUSES = ("ok", "failed", "partial", "unreachable", "timeout", "ineligible")
+#: The most characters of an error text stored (a device printing megabytes is cut, and says so).
+MAX_ERROR_CHARS = 4000
 RUN_STATUSES = ("running", "complete", "incomplete")
 LENGTH_CLASSES = ("short", "medium", "long")
 
@@ -48,8 +60,10 @@ SAMPLE_COLUMNS = (
 )
 _SAMPLE_FIELDS = (
     "iteration", "sentence_id", "length_class", "emotion", "phones", "frames", "audio_s", "frontend_s",
-    "acoustic_s", "vocoder_s", "total_s",
+    "acoustic_s", "vocoder_s", "total_s", "cpu_s", "others_cpu_s", "psi_some_s", "disturbed",
 )
+#: Interference columns of a sample (schema 2; NULL in samples of older records).
+INTERFERENCE_COLUMNS = ("cpu_s", "others_cpu_s", "psi_some_s", "disturbed")
 PHASES = ("import_s", "acoustic_load_s", "vocoder_load_s", "first_inference_s")
 
 
@@ -177,8 +191,49 @@ def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
     _execute_script(conn, _SCHEMA_1)
 
 
-#: MIGRATIONS[n] turns a version n file into a version n + 1 file (inside one transaction).
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _migrate_0_to_1}
+_ATTEMPTS_2 = """
+CREATE TABLE attempts_v2 (
+    id                INTEGER PRIMARY KEY,
+    run_id            TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    device            TEXT NOT NULL,
+    device_identity   TEXT,
+    identity_json     TEXT NOT NULL,
+    variant           TEXT NOT NULL,
+    status            TEXT NOT NULL
+                      CHECK (status IN ('ok', 'failed', 'partial', 'unreachable', 'timeout', 'ineligible')),
+    error             TEXT,
+    started_at        TEXT NOT NULL,
+    ended_at          TEXT NOT NULL,
+    header_json       TEXT,
+    processes_planned INTEGER
+);
+INSERT INTO attempts_v2 (id, run_id, device, device_identity, identity_json, variant, status, error,
+                         started_at, ended_at, header_json)
+    SELECT id, run_id, device, device_identity, identity_json, variant, status, error, started_at,
+           ended_at, header_json FROM attempts;
+DROP TABLE attempts;
+ALTER TABLE attempts_v2 RENAME TO attempts;
+CREATE INDEX attempts_by_run ON attempts (run_id, device, variant);
+CREATE INDEX attempts_by_identity ON attempts (device_identity, status);
+ALTER TABLE samples ADD COLUMN cpu_s REAL;
+ALTER TABLE samples ADD COLUMN others_cpu_s REAL;
+ALTER TABLE samples ADD COLUMN psi_some_s REAL;
+ALTER TABLE samples ADD COLUMN disturbed INTEGER
+"""
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """The attempts table gains the ``partial`` status and ``processes_planned`` (SQLite cannot alter a
+    CHECK constraint: the table is rebuilt, its rows kept); samples gain the interference columns."""
+    _execute_script(conn, _ATTEMPTS_2)
+    broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        raise sqlite3.DatabaseError(f"migration to schema 2 left {len(broken)} dangling references")
+
+
+#: MIGRATIONS[n] turns a version n file into a version n + 1 file (inside one transaction, with foreign
+#: keys off so that a table can be rebuilt; they are checked before the commit).
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _migrate_0_to_1, 1: _migrate_1_to_2}
 
 
 # ---------------------------------------------------------------------------------------------- store
@@ -234,6 +289,14 @@ class Store:
         return int(self._query("SELECT version FROM schema_version")[0]["version"])
 
     def _migrate(self) -> None:
+        # Foreign keys cannot be switched inside a transaction; a table rebuild needs them off.
+        self._conn.execute("PRAGMA foreign_keys = OFF")
+        try:
+            self._migrate_tx()
+        finally:
+            self._conn.execute("PRAGMA foreign_keys = ON")
+
+    def _migrate_tx(self) -> None:
         with self._tx() as conn:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if "schema_version" in tables:
@@ -327,6 +390,7 @@ class Store:
         """
         if status not in ATTEMPT_STATUSES:
             raise ValueError(f"attempt status must be one of {ATTEMPT_STATUSES}, got {status!r}")
+        error = bounded_error(error)
         identity = dict(identity or {"name": device})
         fingerprint = identity.get("fingerprint")
         header, sample_rows, fact_rows = _split_record(record) if record is not None else (None, [], [])
@@ -341,17 +405,97 @@ class Store:
                 ),
             )
             attempt_id = int(cur.lastrowid)
-            conn.executemany(
-                "INSERT INTO samples (attempt_id, process, iteration, sentence_id, length_class, emotion,"
-                " phones, frames, audio_s, frontend_s, acoustic_s, vocoder_s, total_s)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [(attempt_id, *row) for row in sample_rows],
-            )
-            conn.executemany(
-                "INSERT INTO facts (attempt_id, process, phase, facts_json) VALUES (?,?,?,?)",
-                [(attempt_id, *row) for row in fact_rows],
-            )
+            _insert_rows(conn, attempt_id, sample_rows, fact_rows)
         return attempt_id
+
+    def add_processes(
+        self,
+        run_id: str,
+        device: str,
+        identity: Mapping[str, Any] | None,
+        variant: str,
+        record: Mapping[str, Any],
+        planned: int,
+        *,
+        final: bool = False,
+    ) -> tuple[int, str]:
+        """Add the processes of ``record`` (one round of an interleaved measurement) to the pair's open
+        attempt in this run, creating it (``partial``) if there is none; one transaction.
+
+        The processes are renumbered after those already stored. The attempt becomes ``failed`` when a
+        process failed (its error kept), ``ok`` when it holds ``planned`` undisturbed ok processes, and
+        stays ``partial`` otherwise. ``final``: the re-measurement budget is spent; a pair with ``planned``
+        ok processes some of which stayed disturbed becomes ``ok`` with ``disturbed`` set in its header
+        (the gate decides what disturbed data may prove). Returns ``(attempt_id, status)``.
+        """
+        identity = dict(identity or {"name": device})
+        now = _now()
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT id, header_json, started_at FROM attempts WHERE run_id = ? AND device = ?"
+                " AND variant = ? AND status = 'partial' ORDER BY id DESC LIMIT 1",
+                (run_id, device, variant),
+            ).fetchone()
+            old = json.loads(row["header_json"]) if row is not None and row["header_json"] else None
+            offset = len((old or {}).get("processes") or [])
+            renumbered = dict(record)
+            renumbered["processes"] = [
+                {**p, "index": offset + i} for i, p in enumerate(record.get("processes") or [])
+            ]
+            header, sample_rows, fact_rows = _split_record(renumbered)
+            if old is not None:
+                header = _merge_headers(old, header)
+            procs = header.get("processes") or []
+            failed = [p for p in procs if p.get("status") != "ok"]
+            clean = [p for p in procs if p.get("status") == "ok" and not p.get("disturbed")]
+            if failed or record.get("status") != "ok":
+                status = "failed"
+                error = record.get("error") or "; ".join(
+                    f"process {p.get('index')}: {p.get('error')}" for p in failed
+                )
+            else:
+                ok_procs = [p for p in procs if p.get("status") == "ok"]
+                status = "ok" if len(clean) >= planned else "partial"
+                if status == "partial" and final and len(ok_procs) >= planned:
+                    status = "ok"
+                    header["disturbed"] = True
+                error = None
+            header["status"], header["error"] = ("ok" if status != "failed" else "failed"), error
+            values = (
+                identity.get("fingerprint"), _dumps(identity), status, bounded_error(error), now,
+                _dumps(header), int(planned),
+            )
+            if row is None:
+                cur = conn.execute(
+                    "INSERT INTO attempts (device_identity, identity_json, status, error, ended_at,"
+                    " header_json, processes_planned, run_id, device, variant, started_at)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (*values, run_id, device, variant, now),
+                )
+                attempt_id = int(cur.lastrowid)
+            else:
+                attempt_id = int(row["id"])
+                conn.execute(
+                    "UPDATE attempts SET device_identity = ?, identity_json = ?, status = ?, error = ?,"
+                    " ended_at = ?, header_json = ?, processes_planned = ? WHERE id = ?",
+                    (*values, attempt_id),
+                )
+            _insert_rows(conn, attempt_id, sample_rows, fact_rows)
+        return attempt_id, status
+
+    def partial_progress(self, run_id: str) -> dict[tuple[str, str], int]:
+        """(device, variant) -> undisturbed ok processes already stored in the pair's ``partial`` attempt."""
+        out: dict[tuple[str, str], int] = {}
+        for r in self._query(
+            "SELECT device, variant, header_json FROM attempts WHERE run_id = ? AND status = 'partial'"
+            " ORDER BY id",
+            (run_id,),
+        ):
+            procs = (json.loads(r["header_json"] or "{}")).get("processes") or []
+            out[(r["device"], r["variant"])] = sum(
+                1 for p in procs if p.get("status") == "ok" and not p.get("disturbed")
+            )
+        return out
 
     def import_mos(self, rows: Iterable[Mapping[str, Any]]) -> int:
         """Import MOS rows (``variant``, ``mos``, ``n_listeners``, ``source``) in one transaction."""
@@ -519,19 +663,31 @@ class Store:
         sql = (
             "SELECT a.run_id, a.device, a.device_identity, a.variant, s.process, s.iteration, s.sentence_id,"
             " s.length_class, s.emotion, s.phones, s.frames, s.audio_s, s.frontend_s, s.acoustic_s,"
-            " s.vocoder_s, s.total_s, s.attempt_id FROM samples s JOIN attempts a ON a.id = s.attempt_id"
+            " s.vocoder_s, s.total_s, s.attempt_id, s.cpu_s, s.others_cpu_s, s.psi_some_s, s.disturbed"
+            " FROM samples s JOIN attempts a ON a.id = s.attempt_id"
             " WHERE a.run_id = ?"
         )
         params: list[Any] = [run_id]
+        counted: dict[int, set | None] = {}
         if not all_attempts:
-            ids = [a["attempt_id"] for a in self.effective_attempts(run_id).values() if a["status"] == "ok"]
-            if not ids:
-                return pd.DataFrame(columns=[*SAMPLE_COLUMNS, "attempt_id"])
-            sql += f" AND s.attempt_id IN ({','.join('?' * len(ids))})"
-            params.extend(ids)
+            for a in self.effective_attempts(run_id).values():
+                if a["status"] == "ok":
+                    counted[a["attempt_id"]] = counted_processes(a["header"])
+            if not counted:
+                return pd.DataFrame(columns=[*SAMPLE_COLUMNS, "attempt_id", *INTERFERENCE_COLUMNS])
+            sql += f" AND s.attempt_id IN ({','.join('?' * len(counted))})"
+            params.extend(counted)
         sql += " ORDER BY a.device, a.variant, s.attempt_id, s.process, s.iteration"
         with self._lock:
             df = pd.read_sql_query(sql, self._conn, params=params)
+        if not all_attempts and not df.empty:
+            # Statistics see the undisturbed processes of a pair (all of them when it stayed disturbed)
+            # and never a sample flagged disturbed that the worker measured again.
+            keep = [
+                (counted[a] is None or p in counted[a]) and d != 1
+                for a, p, d in zip(df["attempt_id"], df["process"], df["disturbed"].fillna(0))
+            ]
+            df = df[keep].reset_index(drop=True)
         return df
 
     def summary_df(self, run_id: str) -> pd.DataFrame:
@@ -567,14 +723,17 @@ class Store:
                     "rtf": float(total.sum()) / audio if audio > 0 else math.nan,
                     "_order": order.get(length_class, len(order)),
                 }
-                row.update(_header_metrics(attempts[attempt_id]["header"]))
+                header = attempts[attempt_id]["header"]
+                row.update(_header_metrics(header))
+                row["disturbed"], row["disturbed_reason"] = pair_disturbance(header)
                 row.update(_artifact_metrics(artifacts.get(variant), mos.get(variant)))
                 rows.append(row)
         columns = [
             "run_id", "device", "device_identity", "variant", "length_class", "n", "p50", "p90", "p99",
             "mean", "p50_ms", "p90_ms", "p99_ms", "frontend_p50", "acoustic_p50", "vocoder_p50", "audio_s",
             "rtf", "peak_rss_bytes", "rss_anon_bytes", "rss_file_bytes", *PHASES, "throttled", "hot",
-            "size_acoustic_bytes", "size_vocoder_bytes", "params_acoustic", "params_vocoder",
+            "disturbed", "disturbed_reason", "size_acoustic_bytes", "size_vocoder_bytes", "params_acoustic",
+            "params_vocoder",
             "quality_mel_l1", "quality_mcd_db", "emotion_id_accuracy", "quality_n", "mos", "mos_n",
             "content_hash",
         ]
@@ -654,6 +813,70 @@ def _attempt_row(r: sqlite3.Row) -> dict:
     }
 
 
+def bounded_error(error: str | None, limit: int = MAX_ERROR_CHARS) -> str | None:
+    """An error text cut to ``limit`` characters (saying how much was cut)."""
+    if error is None or len(error) <= limit:
+        return error
+    cut = len(error) - limit
+    return error[:limit] + f" ... [{cut} more characters cut]"
+
+
+def counted_processes(header: Mapping[str, Any] | None) -> set | None:
+    """Indices of the processes whose samples count for an ok attempt: the undisturbed ok ones, or every
+    ok one when the pair stayed disturbed; None for headers without process entries."""
+    procs = (header or {}).get("processes")
+    if not procs:
+        return None
+    ok = [p for p in procs if p.get("status", "ok") == "ok"]
+    clean = [p for p in ok if not p.get("disturbed")]
+    chosen = ok if (header or {}).get("disturbed") or not clean else clean
+    return {int(p.get("index", i)) for i, p in enumerate(chosen)}
+
+
+def pair_disturbance(header: Mapping[str, Any] | None) -> tuple[bool, str | None]:
+    """Whether an ok attempt's counted data is disturbed, and what disturbed it."""
+    header = header or {}
+    if not header.get("disturbed"):
+        return False, None
+    reasons = [
+        f"process {p.get('index')}: {p.get('disturbed_reason')}"
+        for p in header.get("processes") or []
+        if p.get("disturbed") and p.get("disturbed_reason")
+    ]
+    return True, "; ".join(reasons[:3]) or "interference during the measurement"
+
+
+def _merge_headers(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict:
+    """One attempt's header from the rounds so far: processes appended, flags or-ed."""
+    merged = dict(new)
+    merged["processes"] = list(old.get("processes") or []) + list(new.get("processes") or [])
+    for flag in ("throttled", "hot"):
+        merged[flag] = bool(old.get(flag)) or bool(new.get(flag))
+    protocol = dict(new.get("protocol") or {})
+    if protocol:
+        protocol["processes"] = len(merged["processes"])
+        merged["protocol"] = protocol
+    return merged
+
+
+def _insert_rows(conn: sqlite3.Connection, attempt_id: int, sample_rows: list, fact_rows: list) -> None:
+    conn.executemany(
+        "INSERT INTO samples (attempt_id, process, iteration, sentence_id, length_class, emotion,"
+        " phones, frames, audio_s, frontend_s, acoustic_s, vocoder_s, total_s, cpu_s, others_cpu_s,"
+        " psi_some_s, disturbed) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        [(attempt_id, *row) for row in sample_rows],
+    )
+    conn.executemany(
+        "INSERT INTO facts (attempt_id, process, phase, facts_json) VALUES (?,?,?,?)",
+        [(attempt_id, *row) for row in fact_rows],
+    )
+
+
+def _sample_value(sample: Mapping[str, Any], field: str) -> Any:
+    value = sample.get(field)
+    return int(bool(value)) if field == "disturbed" and value is not None else value
+
+
 def _split_record(record: Mapping[str, Any]) -> tuple[dict, list[tuple], list[tuple]]:
     """Split a measurement record into (header without samples/facts, sample rows, fact rows)."""
     header = {k: v for k, v in record.items() if k not in ("processes", "facts_before", "facts_after")}
@@ -672,7 +895,7 @@ def _split_record(record: Mapping[str, Any]) -> tuple[dict, list[tuple], list[tu
             if proc.get(f"facts_{phase}") is not None:
                 facts.append((index, phase, _dumps(proc[f"facts_{phase}"])))
         for s in proc.get("samples") or []:
-            samples.append((index, *(s.get(f) for f in _SAMPLE_FIELDS)))
+            samples.append((index, *(_sample_value(s, f) for f in _SAMPLE_FIELDS)))
     header["processes"] = processes
     return header, samples, facts
 
@@ -683,10 +906,12 @@ def _median_or_nan(values: list) -> float:
 
 
 def _header_metrics(header: Mapping[str, Any] | None) -> dict:
-    """Per-attempt numbers from a stored header: phases (median over processes), peak RSS (max), flags."""
-    procs = [p for p in (header or {}).get("processes", []) if p.get("status", "ok") == "ok"] or list(
-        (header or {}).get("processes", [])
-    )
+    """Per-attempt numbers from a stored header: phases (median over processes), peak RSS (max), flags.
+    Of an ok attempt only the processes whose samples count (``counted_processes``) are used."""
+    all_procs = list((header or {}).get("processes", []))
+    counted = counted_processes(header)
+    procs = [p for i, p in enumerate(all_procs) if counted is not None and int(p.get("index", i)) in counted]
+    procs = procs or [p for p in all_procs if p.get("status", "ok") == "ok"] or all_procs
     out: dict[str, Any] = {"n_processes": len(procs)}
     for key in ("peak_rss_bytes", "rss_anon_bytes", "rss_file_bytes"):
         values = [p.get(key) for p in procs if p.get(key) is not None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import sqlite3
@@ -35,7 +36,7 @@ def st(tmp_path):
 
 
 def test_new_file_has_current_schema_wal_and_foreign_keys(st):
-    assert st.schema_version() == SCHEMA_VERSION == 1
+    assert st.schema_version() == SCHEMA_VERSION == 2
     assert st._query("PRAGMA journal_mode")[0][0] == "wal"
     assert st._query("PRAGMA foreign_keys")[0][0] == 1
     tables = {r[0] for r in st._query("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -88,26 +89,28 @@ def test_migrations_run_in_order_and_roll_back_on_failure(tmp_path, monkeypatch)
     with Store(path) as s:
         rid = new_run(s)
 
-    def to_2(conn):
+    n = SCHEMA_VERSION
+
+    def to_next(conn):
         conn.execute("ALTER TABLE runs ADD COLUMN note TEXT")
 
-    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(store_mod.MIGRATIONS, 1, to_2)
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", n + 1)
+    monkeypatch.setitem(store_mod.MIGRATIONS, n, to_next)
     with Store(path) as s:
-        assert s.schema_version() == 2
+        assert s.schema_version() == n + 1
         assert s.run(rid)["run_id"] == rid
         assert "note" in {r[1] for r in s._query("PRAGMA table_info(runs)")}
 
-    def broken_to_3(conn):
+    def broken(conn):
         conn.execute("ALTER TABLE runs ADD COLUMN other TEXT")
         raise RuntimeError("migration bug")
 
-    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 3)
-    monkeypatch.setitem(store_mod.MIGRATIONS, 2, broken_to_3)
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", n + 2)
+    monkeypatch.setitem(store_mod.MIGRATIONS, n + 1, broken)
     with pytest.raises(RuntimeError):
         Store(path)
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == 2
+    assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == n + 1
     assert "other" not in {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
     conn.close()
 
@@ -309,3 +312,82 @@ def test_sigkill_mid_run_loses_nothing_committed(tmp_path):
         assert len(st.samples_df("run-1")) == 27
         assert st.missing_pairs("run-1") == [("pi4-a", "pruned")]
         assert st.run("run-1")["status"] == "running"
+
+
+def test_a_version_1_file_migrates_to_2_and_keeps_every_row(tmp_path):
+    """Schema 2 rebuilds the attempts table (a new status in its CHECK constraint): no attempt, sample or
+    fact of a version 1 file may be lost, and the foreign keys must still hold."""
+    path = tmp_path / "v1.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    conn.execute("INSERT INTO schema_version VALUES (1)")
+    for statement in store_mod._SCHEMA_1.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                 ("r1", "h", "{}", "0", "{}", "tiny", json.dumps(["original"]), json.dumps(["local"]),
+                  "2026-01-01T00:00:00", None, "complete"))
+    header = json.dumps({"processes": []})
+    conn.execute("INSERT INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                 (7, "r1", "local", "fp", "{}", "original", "ok", None, "t", "t", header))
+    conn.execute("INSERT INTO samples VALUES (7, 0, 0, 'short-01', 'short', 'happy', 10, 30, 0.3, 0.01,"
+                 " 0.1, 0.1, 0.21)")
+    conn.execute("INSERT INTO facts (attempt_id, process, phase, facts_json)"
+                 " VALUES (7, NULL, 'before', '{}')")
+    conn.commit()
+    conn.close()
+    with Store(path) as s:
+        assert s.schema_version() == SCHEMA_VERSION
+        assert s.attempts_df("r1")["attempt_id"].tolist() == [7]
+        df = s.samples_df("r1")
+        assert len(df) == 1 and df["cpu_s"].isna().all() and df["total_s"].tolist() == [0.21]
+        assert len(s.facts("r1")) == 1
+        assert s._query("PRAGMA foreign_key_check") == []
+        rid = new_run(s)  # the new CHECK constraint accepts a partial attempt
+        record = make_record()
+        ident = make_identity("pi4-a")
+        _, status = s.add_processes(rid, "pi4-a", ident, "original", record, planned=9)
+        assert status == "partial"
+
+
+def test_processes_added_round_by_round_complete_a_pair(st):
+    rid = new_run(st, variants=("original",), devices=("pi4-a",))
+    one = make_record()
+    one["processes"] = one["processes"][:1]
+    for expected in ("partial", "partial", "ok"):
+        _, status = st.add_processes(rid, "pi4-a", make_identity("pi4-a"), "original", one, planned=3)
+        assert status == expected
+    assert st.missing_pairs(rid) == []
+    header = st.effective_attempts(rid)[("pi4-a", "original")]["header"]
+    assert [p["index"] for p in header["processes"]] == [0, 1, 2]
+    assert sorted(set(st.samples_df(rid)["process"])) == [0, 1, 2]
+
+
+def test_a_disturbed_process_does_not_count_until_the_budget_is_spent(st):
+    rid = new_run(st, variants=("original",), devices=("pi4-a",))
+    clean = make_record()
+    clean["processes"] = clean["processes"][:1]
+    disturbed = json.loads(json.dumps(clean))
+    disturbed["processes"][0]["disturbed"] = True
+    disturbed["processes"][0]["disturbed_reason"] = "other processes used 0.9 of its CPU"
+    ident = make_identity("pi4-a")
+    assert st.add_processes(rid, "pi4-a", ident, "original", clean, planned=2)[1] == "partial"
+    assert st.add_processes(rid, "pi4-a", ident, "original", disturbed, planned=2)[1] == "partial"
+    assert st.partial_progress(rid) == {("pi4-a", "original"): 1}
+    assert st.add_processes(rid, "pi4-a", ident, "original", clean, planned=2)[1] == "ok"
+    row = st.summary_df(rid).iloc[0]
+    assert not row["disturbed"] and set(st.samples_df(rid)["process"]) == {0, 2}  # the disturbed one left out
+    # a pair that stays disturbed once the re-measurement budget is spent is ok, and says so
+    rid2 = new_run(st, variants=("original",), devices=("pi4-a",))
+    st.add_processes(rid2, "pi4-a", ident, "original", disturbed, planned=1)
+    _, status = st.add_processes(rid2, "pi4-a", ident, "original", disturbed, planned=1, final=True)
+    assert status == "ok"
+    row = st.summary_df(rid2).iloc[0]
+    assert row["disturbed"] and "0.9 of its CPU" in row["disturbed_reason"]
+
+
+def test_error_texts_are_bounded(st):
+    rid = new_run(st)
+    st.record_attempt(rid, "pi4-a", make_identity("pi4-a"), "original", "failed", "x" * 1_000_000, None)
+    error = st.attempts_df(rid)["error"].iloc[0]
+    assert len(error) < 5000 and error.endswith("characters cut]")
