@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from devices.errors import InventoryError
+from devices.protocol import MAX_THREADS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -191,7 +192,8 @@ def parse_device(name: str, table: Any, source: str = "devices.toml") -> Device:
     if "budget_class" in table:
         values["budget_class"] = _check_str(source, k("budget_class"), table["budget_class"])
     if "threads" in table:
-        values["threads"] = _check_int(source, k("threads"), table["threads"], 1, 1024, "an integer >= 1")
+        values["threads"] = _check_int(source, k("threads"), table["threads"], 1, MAX_THREADS,
+                                       f"an integer >= 1 and <= {MAX_THREADS}")
     if "cpus" in table:
         values["cpus"] = _check_int(source, k("cpus"), table["cpus"], 1, 4096, "an integer >= 1")
     if "tags" in table:

@@ -16,6 +16,22 @@ LENGTH_CLASSES = ("short", "medium", "long")
 # Time the agent may need beyond the measurement timeout: interpreter start, facts, lock, JSON out.
 AGENT_OVERHEAD_S = 60.0
 
+#: Upper bound of every protocol value (inclusive); the lower bounds are checked in ``__post_init__``.
+#: Documented in the Protocol docstring and the README's configuration section.
+MAX_PROCESSES = 50
+MAX_WARMUP = 100
+MAX_ITERS = 100_000
+MAX_MIN_SECONDS = 3600.0
+MAX_THREADS = 256
+MAX_TIMEOUT_S = 86400.0
+MAX_SEED = 2**31 - 1
+MAX_HOT_LIMIT_C = 150.0
+BOUNDS = {
+    "processes": MAX_PROCESSES, "warmup": MAX_WARMUP, "min_iters": MAX_ITERS, "max_iters": MAX_ITERS,
+    "min_seconds": MAX_MIN_SECONDS, "threads": MAX_THREADS, "timeout_s": MAX_TIMEOUT_S, "seed": MAX_SEED,
+    "hot_limit_c": MAX_HOT_LIMIT_C,
+}
+
 
 @dataclass(frozen=True)
 class Protocol:
@@ -30,6 +46,12 @@ class Protocol:
     sentences: length classes of the corpus to measure.
     seed: seed of the corpus schedule.
     hot_limit_c: a process is flagged ``hot`` above this temperature.
+
+    Every value has an upper bound (``BOUNDS``), checked here, so that a typo (``min_seconds = 1e9``,
+    ``processes = 5000``) is a configuration error before anything is built or measured, never a run
+    that measures until someone stops it: processes 1-50, warmup 0-100, min_iters 1-max_iters,
+    max_iters 1-100000, min_seconds 0-3600, threads 1-256, timeout_s 1-86400 (one day), seed
+    0-2147483647 (2**31 - 1), hot_limit_c 0-150.
     """
 
     processes: int = 3
@@ -46,14 +68,14 @@ class Protocol:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sentences", tuple(self.sentences))
         for name in ("processes", "min_iters", "max_iters"):
-            _check_int(name, getattr(self, name), minimum=1)
-        _check_int("warmup", self.warmup, minimum=0)
-        _check_int("seed", self.seed, minimum=0)
+            _check_int(name, getattr(self, name), minimum=1, maximum=BOUNDS[name])
+        _check_int("warmup", self.warmup, minimum=0, maximum=MAX_WARMUP)
+        _check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
         if self.threads is not None:
-            _check_int("threads", self.threads, minimum=1)
-        _check_number("min_seconds", self.min_seconds, minimum=0.0)
-        _check_number("timeout_s", self.timeout_s, minimum=1.0)
-        _check_number("hot_limit_c", self.hot_limit_c, minimum=0.0)
+            _check_int("threads", self.threads, minimum=1, maximum=MAX_THREADS)
+        _check_number("min_seconds", self.min_seconds, minimum=0.0, maximum=MAX_MIN_SECONDS)
+        _check_number("timeout_s", self.timeout_s, minimum=1.0, maximum=MAX_TIMEOUT_S)
+        _check_number("hot_limit_c", self.hot_limit_c, minimum=0.0, maximum=MAX_HOT_LIMIT_C)
         if self.min_iters > self.max_iters:
             raise DevicesError(
                 f"protocol: min_iters ({self.min_iters}) is larger than max_iters ({self.max_iters})"
@@ -120,15 +142,19 @@ class Protocol:
         }
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
+def _check_int(name: str, value: object, minimum: int, maximum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise DevicesError(f"protocol: {name} must be an integer, got {value!r}")
     if value < minimum:
         raise DevicesError(f"protocol: {name} must be >= {minimum}, got {value}")
+    if value > maximum:
+        raise DevicesError(f"protocol: {name} must be <= {maximum}, got {value}")
 
 
-def _check_number(name: str, value: object, minimum: float) -> None:
+def _check_number(name: str, value: object, minimum: float, maximum: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise DevicesError(f"protocol: {name} must be a number, got {value!r}")
     if not math.isfinite(value) or value < minimum:
         raise DevicesError(f"protocol: {name} must be a finite number >= {minimum}, got {value}")
+    if value > maximum:
+        raise DevicesError(f"protocol: {name} must be <= {maximum:g}, got {value:g}")

@@ -15,9 +15,9 @@ budgets = "budgets.toml"         # default: the built-in budgets (harness.budget
 store = ".edgebench/results.sqlite"   # default: the state directory's results.sqlite
 out_dir = "edgebench-out"        # reports go to <out_dir>/<run id>/
 seed = 0
-run_timeout_s = 21600            # the whole run (every device), seconds
+run_timeout_s = 21600            # the whole run (every device), seconds; at most 604800 (7 days)
 
-[protocol]                       # devices.protocol.Protocol fields
+[protocol]                       # devices.protocol.Protocol fields (each bounded: see its docstring)
 processes = 3
 warmup = 2
 min_iters = 10
@@ -60,6 +60,7 @@ DEFAULT_PRESET = "base"
 DEFAULT_DEVICES = ("local",)
 DEFAULT_OUT_DIR = "edgebench-out"
 DEFAULT_RUN_TIMEOUT_S = 6 * 3600.0
+MAX_RUN_TIMEOUT_S = 7 * 86400.0  # a week: a larger value is a typo, not a run anyone waits for
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _PATH_KEYS = ("inventory", "budgets", "store", "out_dir")
 KEYS = ("version", "preset", "model_dir", "voice", "model", "model_config", "variants", "recipes", "devices",
@@ -207,8 +208,10 @@ def parse_config(data: Mapping[str, Any], source: str, base_dir: Path) -> Config
         values["seed"] = seed
     if "run_timeout_s" in data:
         t = data["run_timeout_s"]
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
-            raise ConfigError(source, "run_timeout_s", "expected a number of seconds > 0")
+        if (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0
+                or t > MAX_RUN_TIMEOUT_S):
+            raise ConfigError(source, "run_timeout_s", f"expected a number of seconds > 0 and <= "
+                                                       f"{MAX_RUN_TIMEOUT_S:.0f} (7 days), got {t!r}")
         values["run_timeout_s"] = float(t)
     values["protocol"] = _protocol(source, data.get("protocol", {}))
     return Config(**values)

@@ -100,11 +100,13 @@ def run(
 ) -> int:
     # Imported here so `edgebench --help` stays fast (torch is heavy).
     from devices.bundle import build_bundle
+    from devices.errors import DevicesError
     from devices.inventory import load_inventory
     from harness import gate as gate_mod
     from harness import orchestrate
     from harness.budgets import load_budgets
     from harness.config import load_config
+    from harness.errors import UserError
     from harness.progress import Progress
     from harness.store import Store
     from variants.build import build_variants
@@ -133,7 +135,11 @@ def run(
                        "threads": threads}
     proto_overrides = {k: v for k, v in proto_overrides.items() if v is not None}
     if proto_overrides and not resume:
-        protocol = replace(protocol, **proto_overrides)
+        try:
+            protocol = replace(protocol, **proto_overrides)
+        except DevicesError as exc:  # name the flag, not the protocol field
+            flag = next((f"--{k.replace('_', '-')}" for k in proto_overrides if k in str(exc)), None)
+            raise UserError(f"{flag}: {str(exc).split(': ', 1)[-1]}" if flag else str(exc)) from None
         cfg = cfg.with_overrides(protocol=protocol)
 
     loaded_voice = None
