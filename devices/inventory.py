@@ -19,11 +19,13 @@ threads = 2
 tags = ["ci"]
 ```
 
-Unknown keys and bad values raise InventoryError naming the file and the key.
+Unknown keys and bad values raise InventoryError naming the file and the key; so does a ``key_file`` that
+does not exist (``~`` expanded, a relative path taken from the working directory, as SSH will read it).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,6 +184,13 @@ def parse_device(name: str, table: Any, source: str = "devices.toml") -> Device:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 600:
                 raise _fail(source, k("connect_timeout"), f"expected seconds in (0, 600], got {v!r}")
             values["connect_timeout"] = float(v)
+        # Found now, not at the first connection mid-run. Read as the SSH transport reads it: ~ expanded,
+        # a relative path relative to the working directory.
+        key_path = os.path.expanduser(values["key_file"])
+        if not os.path.isfile(key_path):
+            what = "is not a file" if os.path.exists(key_path) else "does not exist"
+            raise _fail(source, k("key_file"), f"{values['key_file']} {what} (the SSH private key to log in "
+                                               "with; create one with ssh-keygen -t ed25519)")
         values["work_dir"] = DEFAULT_WORK_DIR
     else:
         values["python"] = sys.executable

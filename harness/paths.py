@@ -45,3 +45,12 @@ def results_db_path(base: Path | None = None) -> Path:
 def devices_toml_path() -> Path:
     """The default inventory: ``devices.toml`` in the current directory."""
     return Path.cwd() / "devices.toml"
+
+
+def inventory_path(explicit: str | os.PathLike | None = None) -> Path | None:
+    """The inventory ``edgebench run`` and ``edgebench devices`` read: ``explicit`` when given, else
+    ./devices.toml when it exists, else None (only the built-in local device)."""
+    if explicit is not None:
+        return Path(explicit)
+    default = devices_toml_path()
+    return default if default.exists() else None

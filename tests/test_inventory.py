@@ -11,11 +11,12 @@ from devices.errors import InventoryError
 from devices.inventory import LOCAL, load_inventory
 from harness.cli import main
 
+# ``{key}``: an existing private key file (a key_file that does not exist is an error at load time).
 GOOD = """
 [devices.pi4-1]
 host = "192.168.1.40"
 user = "pi"
-key_file = "~/.ssh/edgebench"
+key_file = "{key}"
 tags = ["pi4", "arm64"]
 threads = 4
 
@@ -23,7 +24,7 @@ threads = 4
 host = "192.168.1.41"
 port = 2222
 user = "pi"
-key_file = "~/.ssh/edgebench"
+key_file = "{key}"
 python = "/opt/py38/bin/python3"
 tags = ["pi4"]
 budget_class = "pi4"
@@ -32,7 +33,7 @@ connect_timeout = 3.5
 [devices.jetson]
 host = "jetson.lan"
 user = "nvidia"
-key_file = "~/.ssh/edgebench"
+key_file = "{key}"
 tags = ["arm64"]
 
 [devices.local]
@@ -44,7 +45,9 @@ tags = ["ci"]
 
 def write(tmp_path, text):
     path = tmp_path / "devices.toml"
-    path.write_text(text)
+    key = tmp_path / "id_ed25519"
+    key.write_text("not a real key: only its existence is checked when the inventory is read\n")
+    path.write_text(text.replace("{key}", str(key)))
     return path
 
 
@@ -88,7 +91,7 @@ def test_selection_by_name_and_tag(tmp_path):
     ("password = \"x\"", "devices.pi4-1.password: unknown key"),
 ])
 def test_bad_values_name_file_and_key(tmp_path, body, message):
-    text = f'[devices.pi4-1]\nhost = "h"\nuser = "pi"\nkey_file = "k"\n{body}\n'
+    text = f'[devices.pi4-1]\nhost = "h"\nuser = "pi"\nkey_file = "{{key}}"\n{body}\n'
     with pytest.raises(InventoryError) as err:
         load_inventory(write(tmp_path, text))
     assert message in str(err.value)
@@ -101,7 +104,7 @@ def test_missing_required_and_local_restrictions(tmp_path):
     with pytest.raises(InventoryError, match="devices.local.host: unknown key .*this machine"):
         load_inventory(write(tmp_path, '[devices.local]\nhost = "h"\n'))
     with pytest.raises(InventoryError, match="devices.b.cpus: unknown key"):
-        load_inventory(write(tmp_path, '[devices.b]\nhost = "h"\nuser = "u"\nkey_file = "k"\ncpus = 2\n'))
+        load_inventory(write(tmp_path, '[devices.b]\nhost = "h"\nuser = "u"\nkey_file = "{key}"\ncpus = 2\n'))
     with pytest.raises(InventoryError, match="invalid TOML"):
         load_inventory(write(tmp_path, "[devices.a\n"))
     with pytest.raises(InventoryError, match="no such file"):
@@ -110,7 +113,8 @@ def test_missing_required_and_local_restrictions(tmp_path):
 
 def test_cli_add_then_list(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["devices", "add", "pi", "--host", "10.0.0.9", "--user", "pi", "--key-file", "~/.ssh/k",
+    (tmp_path / "k").write_text("key\n")
+    assert main(["devices", "add", "pi", "--host", "10.0.0.9", "--user", "pi", "--key-file", "k",
                  "--port", "2200", "--tag", "pi4", "--tag", "lab"]) == 0
     assert main(["devices", "add", "local", "--cpus", "1", "--tag", "ci"]) == 0
     inv = load_inventory(tmp_path / "devices.toml")
@@ -131,3 +135,37 @@ def test_cli_add_then_list(tmp_path, monkeypatch, capsys):
     assert main(["devices", "list"]) == 0
     out = capsys.readouterr().out
     assert "this machine" in out and "pi@10.0.0.9:2200" in out and "pi4,lab" in out
+
+
+def test_threads_bound_is_the_protocols(tmp_path):
+    """A device's threads become the protocol's (devices.measure.effective_protocol): one bound for both,
+    so a valid inventory never makes a protocol error mid-run."""
+    from devices.protocol import MAX_THREADS
+
+    body = '[devices.a]\nhost = "h"\nuser = "u"\nkey_file = "{key}"\nthreads = %d\n'
+    assert load_inventory(write(tmp_path, body % MAX_THREADS)).get("a").threads == MAX_THREADS
+    bound = f"devices.a.threads: expected an integer >= 1 and <= {MAX_THREADS}"
+    with pytest.raises(InventoryError, match=bound):
+        load_inventory(write(tmp_path, body % (MAX_THREADS + 1)))
+
+
+@pytest.mark.parametrize("key_file, what", [
+    ("nokey", "does not exist"), ("~/no/such/edgebench-key", "does not exist"), (".", "is not a file"),
+])
+def test_a_missing_key_file_is_an_error_naming_file_and_key(tmp_path, monkeypatch, key_file, what):
+    monkeypatch.chdir(tmp_path)   # a relative key_file is read from the working directory, as SSH reads it
+    path = tmp_path / "devices.toml"
+    path.write_text(f'[devices.pi]\nhost = "h"\nuser = "pi"\nkey_file = "{key_file}"\n')
+    with pytest.raises(InventoryError) as err:
+        load_inventory(path)
+    assert str(err.value).startswith(f"{path}: devices.pi.key_file: {key_file} {what}")
+    (tmp_path / "nokey").write_text("key\n")
+    if key_file == "nokey":
+        assert load_inventory(path).get("pi").key_file == "nokey"
+
+
+def test_devices_add_refuses_a_missing_key_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["devices", "add", "pi", "--host", "h", "--user", "pi", "--key-file", "missing"]) == 2
+    assert "devices.pi.key_file: missing does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "devices.toml").exists()

@@ -27,16 +27,18 @@ CHECK_FAILED_EXIT = 1   # `devices check`: some device is ineligible
 
 
 def _inventory_path(path: str | Path | None) -> Path:
+    """The devices.toml ``devices add`` writes (it may not exist yet)."""
     return Path(path) if path else paths.devices_toml_path()
 
 
-def _load(path: Path) -> Inventory:
-    return load_inventory(path if path.exists() else None)
+def _load(path: str | Path | None) -> Inventory:
+    """The inventory, found as ``edgebench run`` finds it (``paths.inventory_path``)."""
+    return load_inventory(paths.inventory_path(path))
 
 
 def list_devices(inventory: str | Path | None = None) -> list:
     """Every device, the built-in local one first."""
-    return list(_load(_inventory_path(inventory)).devices.values())
+    return list(_load(inventory).devices.values())
 
 
 def add_device(name: str, inventory: str | Path | None = None, replace: bool = False, **fields) -> Device:
@@ -70,7 +72,7 @@ def add_device(name: str, inventory: str | Path | None = None, replace: bool = F
 def check(selectors=("all",), inventory: str | Path | None = None, state_dir: Path | None = None,
           timeout: float = health_mod.CHECK_TIMEOUT_S) -> list:
     """Health of the selected devices (``all``, names or ``tag:T``), checked in parallel."""
-    inv = _load(_inventory_path(inventory))
+    inv = _load(inventory)
     selectors = list(selectors) or ["all"]
     devices = list(inv.devices.values()) if selectors == ["all"] else inv.select(selectors)
     state = state_dir or paths.state_dir()
@@ -81,7 +83,7 @@ def check(selectors=("all",), inventory: str | Path | None = None, state_dir: Pa
 def trust(name: str, inventory: str | Path | None = None, state_dir: Path | None = None,
           replace: bool = False) -> hostkeys.TrustResult:
     """Fetch NAME's SSH host key and record it in edgebench's known_hosts."""
-    device = _load(_inventory_path(inventory)).get(name)
+    device = _load(inventory).get(name)
     state = state_dir or paths.state_dir()
     return hostkeys.trust(device, paths.known_hosts_path(state), replace=replace)
 

@@ -147,7 +147,7 @@ def run(
         from variants.modelscope import load_voice
 
         loaded_voice = load_voice(cfg.model_dir, cfg.voice)
-    inventory = load_inventory(cfg.inventory)
+    inventory = load_inventory(paths.inventory_path(cfg.inventory))  # as `edgebench devices` finds it
     selected = inventory.select(cfg.devices)
     # Budgets may name any variant edgebench knows (one budgets file serves several configs), but not
     # a misspelt one.
