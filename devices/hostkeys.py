@@ -151,7 +151,10 @@ def _matches(entry: paramiko.hostkeys.HostKeyEntry, hid: str) -> bool:
 
 
 def _save_atomic(keys: paramiko.HostKeys, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the file with mode 0600 (its folder, when created here, 0700): private whatever the umask."""
+    if not path.parent.is_dir():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
     fd, tmp = tempfile.mkstemp(prefix=".known_hosts.", dir=str(path.parent))
     os.close(fd)
     try:

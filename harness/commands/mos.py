@@ -109,7 +109,9 @@ def import_mos(*, file: Path, source: str | None = None, store: Path | None = No
     from variants.recipes import BUILTIN_VARIANTS
 
     rows = parse_mos_csv(file, source)
-    with Store(resolve_store_path(store, config)) as st:
+    from harness import paths
+
+    with Store(paths.private_file(resolve_store_path(store, config))) as st:
         # A misspelt variant would be imported and never used: the real one's MOS budget would be
         # silently skipped. Known: the built-in variants and every variant a stored run measured.
         known = set(BUILTIN_VARIANTS)

@@ -159,13 +159,13 @@ def run(
 
     if not resume:
         state = paths.state_dir()
-        store = Store(store_path or cfg.store or paths.results_db_path(state))
+        store = Store(paths.private_file(store_path or cfg.store or paths.results_db_path(state)))
     progress = Progress(enabled=not json_output)
     with progress:
         built = build_variants(
             preset=cfg.preset,
             variants=cfg.variants,
-            out=paths.cache_dir(state) / "artifacts" / _model_key(cfg),
+            out=paths.cache_dir(state, create=True) / "artifacts" / _model_key(cfg),
             seed=cfg.seed,
             cache_dir=paths.cache_dir(state) / "build",
             model_factory=cfg.model,
