@@ -23,7 +23,9 @@ alpha = 0.01                    # one-sided Mann-Whitney U significance level
 min_samples = 10                # fewer samples on either side: no verdict for that class
 ```
 
-Precedence, most specific first: ``[variant.NAME]``, ``[class.NAME]``, ``[budgets]``, built-in defaults.
+Budget names and units come from the metric registry (``harness.vocabulary``: ``Metric.budget_key``,
+``display_unit``). Precedence, most specific first: ``[variant.NAME]``, ``[class.NAME]``, ``[budgets]``,
+built-in defaults.
 Unknown metric names, unknown device-class or variant names (when the caller knows the valid ones) and
 bad values raise ConfigError naming the file and the key.
 
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from harness.errors import ConfigError
+from harness.vocabulary import BUDGET_METRICS, DEFAULT_BUDGETS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -46,57 +49,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 BUDGETS_VERSION = 1
-MIB = 2**20
-MB = 1e6
-
-
-@dataclass(frozen=True)
-class Metric:
-    """One budgeted metric. ``direction`` "max": value <= budget passes; "min": value >= budget passes.
-
-    ``optional``: a missing value (no MOS imported, artifact built without quality) skips the check
-    instead of making the gate "could not measure".
-    """
-
-    name: str
-    unit: str
-    direction: str
-    description: str
-    default: float | None = None
-    optional: bool = False
-    length_class: str | None = None
-
-
-def _latency(stat: str, length_class: str, default: float | None = None) -> Metric:
-    return Metric(f"latency_{stat}_ms_{length_class}", "ms", "max",
-                  f"{stat} of total synthesis time, {length_class} sentences (nearest rank)",
-                  default, length_class=length_class)
-
-
-#: The one registry of metric names (budgets.toml keys, gate checks, JUnit test names).
-METRICS: dict[str, Metric] = {
-    m.name: m
-    for m in (
-        Metric("acoustic_size_mb", "MB", "max", "acoustic model size, torch.save(state_dict) bytes / 1e6",
-               100.0),
-        Metric("vocoder_size_mb", "MB", "max", "vocoder size, torch.save(state_dict) bytes / 1e6"),
-        _latency("p90", "short", 800.0),
-        _latency("p90", "medium"),
-        _latency("p90", "long"),
-        _latency("p50", "short"),
-        _latency("p50", "medium"),
-        _latency("p50", "long"),
-        Metric("rtf", "x", "max", "real-time factor over all sentences (synthesis s / audio s)"),
-        Metric("peak_rss_mib", "MiB", "max", "peak resident memory of a measuring process (max)", 512.0),
-        Metric("first_inference_s", "s", "max", "first inference after loading (median over processes)"),
-        Metric("mos", "score", "min", "mean opinion score from the latest listening test import", 3.8,
-               optional=True),
-        Metric("emotion_id_accuracy", "fraction", "min", "emotion identifiability of the artifact", 0.90,
-               optional=True),
-    )
-}
-
-DEFAULT_BUDGETS: dict[str, float] = {m.name: m.default for m in METRICS.values() if m.default is not None}
 
 
 @dataclass(frozen=True)
@@ -120,18 +72,19 @@ class Budgets:
     source: str = "built-in defaults"
 
     def limit(self, metric: str, device_class: str | None = None, variant: str | None = None) -> float | None:
-        """The budget for ``metric`` on a device of ``device_class`` for ``variant`` (None: no budget)."""
-        if metric not in METRICS:
-            raise KeyError(f"unknown metric {metric!r}")
+        """The budget ``metric`` (a budgets.toml key; display units) on a device of ``device_class`` for
+        ``variant`` (None: no budget)."""
+        if metric not in BUDGET_METRICS:
+            raise KeyError(f"unknown budget {metric!r}")
         for table in (self.variants.get(variant or ""), self.classes.get(device_class or "")):
             if table is not None and metric in table:
                 return table[metric]
         return self.defaults.get(metric)
 
     def resolved(self, device_class: str | None = None, variant: str | None = None) -> dict[str, float]:
-        """metric -> budget for one (device class, variant), switched-off ones left out, registry order."""
+        """budget key -> budget for one (device class, variant), switched off ones left out, in order."""
         out = {}
-        for name in METRICS:
+        for name in BUDGET_METRICS:
             value = self.limit(name, device_class, variant)
             if value is not None:
                 out[name] = value
@@ -217,8 +170,8 @@ def _metric_table(source: str, prefix: str, table: Any) -> dict[str, float | Non
     out: dict[str, float | None] = {}
     for name, value in table.items():
         key = f"{prefix}.{name}"
-        if name not in METRICS:
-            raise ConfigError(source, key, f"unknown metric; known metrics: {', '.join(METRICS)}")
+        if name not in BUDGET_METRICS:
+            raise ConfigError(source, key, f"unknown metric; known metrics: {', '.join(BUDGET_METRICS)}")
         if value is False or value is None:
             out[name] = None
             continue

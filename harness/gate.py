@@ -1,11 +1,15 @@
-"""The gate: budgets and regressions of one run turned into a verdict, an exit code and JUnit XML.
+"""The gate: budgets and regressions of one run turned into a stored verdict, an exit code and JUnit XML.
 
-Outcomes (``Verdict.outcome``, the most serious that applies; ``Verdict.outcomes`` lists all of them):
+Outcomes (``harness.vocabulary.OUTCOMES``; ``Verdict.outcome`` is the most serious that applies,
+``Verdict.outcomes`` lists all of them):
 
 | outcome             | exit | meaning                                                                   |
 |---------------------|------|---------------------------------------------------------------------------|
 | "could_not_measure" | 2    | a planned (device, variant) has no ok attempt (unreachable, agent crash,   |
-|                     |      | timeout, never attempted) or a budgeted metric has no value               |
+|                     |      | timeout, ineligible, never attempted), a budgeted metric has no value, or  |
+|                     |      | nothing at all was measured                                                |
+| "disturbed"         | 2    | a latency/RTF/memory budget failed, or a regression was found, on a       |
+|                     |      | measurement that interference disturbed (this run's or the baseline's)    |
 | "budget_failed"     | 1    | a budget check failed                                                     |
 | "regressed"         | 1    | a (device, variant, length class) is slower than its baseline             |
 | "no_baseline"       | 0    | budgets met, but some device had no baseline to compare with (not a      |
@@ -13,115 +17,50 @@ Outcomes (``Verdict.outcome``, the most serious that applies; ``Verdict.outcomes
 | "pass"              | 0    | every budget met, no regression                                           |
 
 "could not measure" wins over failures on purpose: an incomplete run's verdict is incomplete, and CI
-should rerun it rather than trust it. "ineligible" attempts (the device cannot run that variant by
-design) are reported, not counted as failures. Optional metrics (MOS, emotion identifiability) without a
+should rerun it rather than trust it. ``allow_unmeasured`` (``--allow-unmeasured``) turns unmeasured pairs
+into warnings (``Unmeasured.allowed``) and lets the measured ones decide; a run in which no pair at all
+was measured is "could_not_measure" even then. Optional metrics (MOS, emotion identifiability) without a
 value are "skipped".
 
-Verdict dict versions (``VERDICT_VERSION``): 1.
+Disturbed measurements (``Store.summary_df`` column ``disturbed``, with ``disturbed_reason``) never become
+"budget_failed" or "regressed": interference only slows a measurement down, so a failed timing or memory
+check on disturbed data is "disturbed", a passed one stays a pass (an upper bound) with the disturbance
+noted, and a regression where either side was disturbed is "disturbed". Size and quality checks do not
+depend on it.
+
+Device budget classes come from the store only: ``budget_class`` in each attempt's identity; for runs
+stored before classes were recorded, an explicit ``device_classes`` mapping, else the inventory file the
+run's stored configuration names (with a warning).
 """
 
 from __future__ import annotations
 
-import math
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Tuple
 
 import pandas as pd
 
-from harness.budgets import MB, METRICS, MIB, Budgets, default_budgets
+from harness import vocabulary as vocab
+from harness.budgets import Budgets, default_budgets
 from harness.errors import ConfigError
-from harness.regress import REGRESSED, Comparison, detect
+from harness.regress import detect
 from harness.store import Store
+from harness.verdict import (
+    VERDICT_VERSION,
+    Check,
+    Comparison,
+    Disturbance,
+    Unmeasured,
+    Verdict,
+    comparison_text,
+    read_verdict,
+)
 
-VERDICT_VERSION = 1
+__all__ = ["VERDICT_VERSION", "Verdict", "evaluate", "junit_xml", "stored_verdict", "write_junit"]
 
-PASS, BUDGET_FAILED, REGRESSED_OUTCOME = "pass", "budget_failed", "regressed"
-COULD_NOT_MEASURE, NO_BASELINE = "could_not_measure", "no_baseline"
-#: Most serious first; the first that applies is the verdict's outcome.
-OUTCOME_ORDER = (COULD_NOT_MEASURE, BUDGET_FAILED, REGRESSED_OUTCOME, NO_BASELINE, PASS)
-EXIT_CODES = {PASS: 0, NO_BASELINE: 0, BUDGET_FAILED: 1, REGRESSED_OUTCOME: 1, COULD_NOT_MEASURE: 2}
-
-CHECK_PASS, CHECK_FAIL, CHECK_SKIPPED, CHECK_NOT_MEASURED = "pass", "fail", "skipped", "not_measured"
-
-
-@dataclass(frozen=True)
-class Check:
-    """One budget check of one metric on one (device, variant)."""
-
-    metric: str
-    device: str
-    device_identity: str | None
-    device_class: str | None
-    variant: str
-    value: float | None
-    budget: float
-    unit: str
-    direction: str
-    status: str
-    message: str
-
-    @property
-    def passed(self) -> bool:
-        return self.status in (CHECK_PASS, CHECK_SKIPPED)
-
-    def to_dict(self) -> dict:
-        return _clean(asdict(self))
-
-
-@dataclass(frozen=True)
-class Unmeasured:
-    """A planned (device, variant) without an ok attempt; status "missing" if it was never attempted."""
-
-    device: str
-    variant: str
-    status: str
-    error: str | None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class Verdict:
-    run_id: str
-    outcome: str
-    outcomes: list[str]
-    checks: list[Check] = field(default_factory=list)
-    comparisons: list[Comparison] = field(default_factory=list)
-    unmeasured: list[Unmeasured] = field(default_factory=list)
-    ineligible: list[Unmeasured] = field(default_factory=list)
-    baselines: dict[str, str | None] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    budgets: dict = field(default_factory=dict)
-    created_at: str = ""
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_CODES[self.outcome]
-
-    @property
-    def regressions(self) -> list[Comparison]:
-        return [c for c in self.comparisons if c.verdict == REGRESSED]
-
-    @property
-    def failed_checks(self) -> list[Check]:
-        return [c for c in self.checks if c.status == CHECK_FAIL]
-
-    def to_dict(self) -> dict:
-        return {
-            "format": "edgebench.verdict", "version": VERDICT_VERSION, "run_id": self.run_id,
-            "outcome": self.outcome, "outcomes": list(self.outcomes), "exit_code": self.exit_code,
-            "created_at": self.created_at,
-            "checks": [c.to_dict() for c in self.checks],
-            "regressions": [c.to_dict() for c in self.regressions],
-            "comparisons": [c.to_dict() for c in self.comparisons],
-            "unmeasured": [u.to_dict() for u in self.unmeasured],
-            "ineligible": [u.to_dict() for u in self.ineligible],
-            "baselines": dict(self.baselines), "warnings": list(self.warnings), "budgets": self.budgets,
-        }
+_Pair = Tuple[str, str]  # (device, variant)
 
 
 def evaluate(
@@ -131,94 +70,205 @@ def evaluate(
     baseline: str | None = None,
     *,
     device_classes: Mapping[str, str | None] | None = None,
+    allow_unmeasured: bool = False,
     save: bool = True,
     seed: int = 0,
 ) -> Verdict:
     """Judge a run: budget checks per (device, variant) and regressions against ``baseline``.
 
     ``budgets``: None uses the budgets stored with the run (the ones in force when it started).
-    ``device_classes``: device name -> budget class; None reads ``budget_class`` from the inventory the
-    run's configuration names (an unreadable inventory is a warning), then from the attempt's identity.
-    ``save`` (default) stores the verdict (``store.save_verdict``): ``store.verdict(run_id)`` is what the
-    report shows, and a passing run becomes the baseline of later runs on the same device identity.
+    ``device_classes``: device name -> budget class, used only for devices whose attempts stored none
+    (runs recorded before classes were stored); a class stored with the run always wins.
+    ``allow_unmeasured``: unmeasured pairs are warnings, not "could_not_measure" (unless nothing was
+    measured at all).
+    ``save`` (default) stores the verdict (``store.save_verdict``): ``stored_verdict`` is what the report
+    shows, and a passing run becomes the baseline of later runs on the same device identity.
     """
     run = store.run(run_id)
     if budgets is None:
         budgets = _budgets_of_run(run)
-    early_warnings: list[str] = []
-    if device_classes is None:
-        device_classes = _classes_from_inventory(run, early_warnings)
-    device_classes = dict(device_classes)
+    warnings: list[str] = []
     attempts = store.effective_attempts(run_id)
     summary = store.summary_df(run_id)
-    header_df = store.attempts_df(run_id).set_index("attempt_id")
-    artifacts = store.artifacts(run_id)
-    mos = store.latest_mos()
+    rows = _rows_by_pair(summary)
+    disturbed = _disturbed_pairs(summary)
+    classes = _budget_classes(run, attempts, device_classes, need=bool(budgets.classes), warnings=warnings)
 
     checks: list[Check] = []
     unmeasured: list[Unmeasured] = []
-    ineligible: list[Unmeasured] = []
     planned = [(d, v) for d in run["devices"] for v in run["variants"]]
     planned += sorted(k for k in attempts if k not in set(planned))
+    measured = 0
     for device, variant in planned:
         attempt = attempts.get((device, variant))
         if attempt is None:
-            unmeasured.append(Unmeasured(device, variant, "missing", "never attempted (run interrupted?)"))
-            continue
-        if attempt["status"] == "ineligible":
-            ineligible.append(Unmeasured(device, variant, "ineligible", attempt["error"]))
+            unmeasured.append(Unmeasured(device, variant, "missing", "never attempted (run interrupted?)",
+                                         allowed=allow_unmeasured))
             continue
         if attempt["status"] != "ok":
-            unmeasured.append(Unmeasured(device, variant, attempt["status"], attempt["error"]))
+            unmeasured.append(Unmeasured(device, variant, attempt["status"], attempt["error"],
+                                         allowed=allow_unmeasured))
             continue
-        identity = attempt["identity"] or {}
-        device_class = device_classes.get(device) or identity.get("budget_class") or identity.get("class")
-        rows = summary[(summary["device"] == device) & (summary["variant"] == variant)]
-        header = header_df.loc[attempt["attempt_id"]]
+        measured += 1
+        pair_rows = rows.get((device, variant), [])
+        head = pair_rows[0] if pair_rows else {}
         for flag, meaning in (("throttled", "throttled"), ("hot", "ran hot")):
-            if bool(header.get(flag)):
-                early_warnings.append(f"{device}/{variant}: the device {meaning} during the measurement; "
-                                      "its latencies may be pessimistic")
-        for metric, budget in budgets.resolved(device_class, variant).items():
-            value = _value(metric, rows, header, artifacts.get(variant), mos.get(variant))
-            checks.append(_check(metric, device, attempt["device_identity"], device_class, variant, value,
-                                 budget))
+            if _truthy(head.get(flag)):
+                warnings.append(f"{device}/{variant}: the device {meaning} during the measurement; "
+                                "its latencies may be pessimistic")
+        reason = disturbed.get((device, variant))
+        device_class = classes.get(device)
+        pair_checks = [
+            _check(metric, device, attempt["device_identity"], device_class, variant,
+                   metric.value_of(pair_rows), metric.from_display(budget), reason)
+            for metric, budget in (
+                (vocab.BUDGET_METRICS[k], b) for k, b in budgets.resolved(device_class, variant).items()
+            )
+        ]  # fmt: skip
+        checks += pair_checks
+        if any(c.status == vocab.CHECK_PASS and c.disturbed for c in pair_checks):
+            warnings.append(f"{device}/{variant}: measured while disturbed ({reason}); its timing and memory "
+                            "budgets passed anyway (interference only slows a measurement down)")
+    if measured == 0:
+        if allow_unmeasured and unmeasured:
+            warnings.append("nothing was measured: --allow-unmeasured applies only when some pair was")
+        unmeasured = [Unmeasured(u.device, u.variant, u.status, u.error, allowed=False) for u in unmeasured]
+    for u in unmeasured:
+        if u.allowed:
+            warnings.append(f"{u.device}/{u.variant} was not measured ({u.status}: "
+                            f"{u.error or 'no detail'}); allowed by --allow-unmeasured")
 
     regression = detect(store, run_id, baseline, budgets.regression, seed=seed)
-    outcomes = []
-    if unmeasured or any(c.status == CHECK_NOT_MEASURED for c in checks):
-        outcomes.append(COULD_NOT_MEASURE)
-    if any(c.status == CHECK_FAIL for c in checks):
-        outcomes.append(BUDGET_FAILED)
-    if regression.regressions:
-        outcomes.append(REGRESSED_OUTCOME)
+    comparisons, baseline_disturbances = _disturbed_comparisons(store, regression.comparisons, disturbed)
+    disturbances = [Disturbance(run_id, d, v, r) for (d, v), r in disturbed.items()] + baseline_disturbances
+
+    found = [vocab.COULD_NOT_MEASURE] if measured == 0 or any(not u.allowed for u in unmeasured) else []
+    found += [c.outcome for c in checks if c.outcome is not None]
+    found += [c.outcome for c in comparisons if c.outcome is not None]
     if regression.no_baseline:
-        outcomes.append(NO_BASELINE)
-    if not outcomes:
-        outcomes.append(PASS)
-    outcomes.sort(key=OUTCOME_ORDER.index)
+        found.append(vocab.NO_BASELINE)
+    outcomes = vocab.order_outcomes(found)
     verdict = Verdict(
-        run_id=run_id, outcome=outcomes[0], outcomes=outcomes, checks=checks,
-        comparisons=regression.comparisons, unmeasured=unmeasured, ineligible=ineligible,
-        baselines=regression.baselines, warnings=early_warnings + regression.warnings,
-        budgets=budgets.to_dict(),
+        run_id=run_id, outcome=outcomes[0], outcomes=outcomes, checks=tuple(checks),
+        comparisons=tuple(comparisons), unmeasured=tuple(unmeasured), disturbances=tuple(disturbances),
+        baselines=dict(regression.baselines), warnings=tuple(warnings + regression.warnings),
+        budgets=budgets.to_dict(), device_classes=classes, allow_unmeasured=allow_unmeasured,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
+    )  # fmt: skip
     if save:
         store.save_verdict(run_id, verdict.to_dict())
     return verdict
 
 
-def _classes_from_inventory(run: Mapping[str, Any], warnings_out: list[str]) -> dict[str, str | None]:
+def stored_verdict(store: Store, run_id: str) -> Verdict | None:
+    """The verdict stored for ``run_id`` (None if the gate never judged it); VerdictFormatError if this
+    edgebench cannot read it (newer version, damaged)."""
+    data = store.verdict(run_id)
+    return None if data is None else read_verdict(data, where=f"verdict of run {run_id}")
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _truthy(value: Any) -> bool:
+    return value is not None and value is not pd.NA and not (isinstance(value, float) and value != value) \
+        and bool(value)
+
+
+def _rows_by_pair(summary: pd.DataFrame) -> dict[_Pair, list[dict]]:
+    out: dict[_Pair, list[dict]] = {}
+    for row in summary.to_dict("records"):
+        out.setdefault((row["device"], row["variant"]), []).append(row)
+    return out
+
+
+def _disturbed_pairs(summary: pd.DataFrame) -> dict[_Pair, str]:
+    """(device, variant) -> what disturbed its measurement, from the summary's ``disturbed`` column
+    (absent in stores that do not record interference: nothing is disturbed)."""
+    if "disturbed" not in summary.columns:
+        return {}
+    out: dict[_Pair, list[str]] = {}
+    for row in summary.to_dict("records"):
+        if _truthy(row.get("disturbed")):
+            reason = row.get("disturbed_reason")
+            reason = str(reason) if _truthy(reason) else "interference detected"
+            reasons = out.setdefault((row["device"], row["variant"]), [])
+            if reason not in reasons:
+                reasons.append(reason)
+    return {pair: "; ".join(reasons) for pair, reasons in out.items()}
+
+
+def _disturbed_comparisons(
+    store: Store, comparisons: list[Comparison], disturbed: Mapping[_Pair, str]
+) -> tuple[list[Comparison], list[Disturbance]]:
+    """Regressions where this run's or the baseline's pair was disturbed become "disturbed"."""
+    baseline_disturbed: dict[str, dict[_Pair, str]] = {}
+    noted: dict[tuple, Disturbance] = {}
+    out = []
+    for c in comparisons:
+        if c.verdict != vocab.REGRESSED:
+            out.append(c)
+            continue
+        if c.baseline_run_id not in baseline_disturbed:
+            baseline_disturbed[c.baseline_run_id] = _disturbed_pairs(store.summary_df(c.baseline_run_id))
+        reasons = []
+        if (c.device, c.variant) in disturbed:
+            reasons.append(f"this run: {disturbed[(c.device, c.variant)]}")
+        base_reason = baseline_disturbed[c.baseline_run_id].get((c.device, c.variant))
+        if base_reason is not None:
+            reasons.append(f"baseline run {c.baseline_run_id}: {base_reason}")
+            key = (c.baseline_run_id, c.device, c.variant)
+            noted.setdefault(key, Disturbance(c.baseline_run_id, c.device, c.variant, base_reason))
+        if reasons:
+            c = Comparison(**{**c.to_dict(), "verdict": vocab.DISTURBED, "disturbed": "; ".join(reasons)})
+        out.append(c)
+    return out, list(noted.values())
+
+
+def _budget_classes(
+    run: Mapping[str, Any],
+    attempts: Mapping[_Pair, Mapping[str, Any]],
+    explicit: Mapping[str, str | None] | None,
+    *,
+    need: bool,
+    warnings: list[str],
+) -> dict[str, str | None]:
+    """Device -> budget class as stored with the run (the identity of its ok attempts first)."""
+    stored: dict[str, str | None] = {}
+    for (device, _), attempt in sorted(attempts.items(), key=lambda kv: kv[1]["status"] != "ok"):
+        identity = attempt.get("identity") or {}
+        if "budget_class" in identity and device not in stored:
+            stored[device] = identity["budget_class"]
+    devices = list(dict.fromkeys([*run["devices"], *(d for d, _ in attempts)]))
+    missing = [d for d in devices if d not in stored]
+    classes = dict(stored)
+    if not missing:
+        return classes
+    if explicit is not None:
+        classes.update({d: explicit.get(d) for d in missing})
+        return classes
+    path = (run.get("config") or {}).get("inventory")
+    fallback = _classes_from_inventory(path, warnings if need else []) if path is not None else None
+    classes.update({d: (fallback or {}).get(d) for d in missing})
+    if need and fallback is not None:
+        warnings.append(f"{', '.join(missing)}: no budget class stored with run {run['run_id']} (recorded "
+                        f"before edgebench stored them); read from {path} as it is now")
+    elif need:
+        warnings.append(f"{', '.join(missing)}: no budget class stored with run {run['run_id']}; class "
+                        "budgets not applied to them (`edgebench gate --inventory devices.toml` names them)")
+    return classes
+
+
+def _classes_from_inventory(path: str, warnings_out: list[str]) -> dict[str, str | None] | None:
+    """Budget classes from the inventory file a run's stored configuration names (old runs only)."""
     from devices.errors import DevicesError
     from devices.inventory import load_inventory
 
-    path = (run.get("config") or {}).get("inventory")
     try:
         inventory = load_inventory(path)
     except DevicesError as exc:
         warnings_out.append(f"device budget classes unknown (inventory: {exc}); class budgets not applied")
-        return {}
+        return None
     return {name: dev.budget_class for name, dev in inventory.devices.items()}
 
 
@@ -232,98 +282,70 @@ def _budgets_of_run(run: Mapping[str, Any]) -> Budgets:
         return default_budgets()
 
 
-def _value(metric: str, rows: pd.DataFrame, header: pd.Series, artifact: Mapping | None,
-           mos: Mapping | None) -> float | None:
-    manifest = (artifact or {}).get("manifest") or {}
-    m = METRICS[metric]
-    if metric in ("acoustic_size_mb", "vocoder_size_mb"):
-        size = (manifest.get("sizes") or {}).get(metric.split("_")[0])
-        return None if size is None else size / MB
-    if m.length_class is not None:
-        stat = metric.split("_")[1]  # latency_<stat>_ms_<class>
-        row = rows[rows["length_class"] == m.length_class]
-        return None if row.empty else float(row.iloc[0][f"{stat}_ms"])
-    if metric == "rtf":
-        audio = float(rows["audio_s"].sum()) if not rows.empty else 0.0
-        return float((rows["mean"] * rows["n"]).sum()) / audio if audio > 0 else None
-    if metric == "peak_rss_mib":
-        return _number(header.get("peak_rss_bytes"), scale=1 / MIB)
-    if metric == "first_inference_s":
-        return _number(header.get("first_inference_s"))
-    if metric == "mos":
-        return _number((mos or {}).get("mos"))
-    if metric == "emotion_id_accuracy":
-        return _number((manifest.get("quality") or {}).get("emotion_id_accuracy"))
-    raise KeyError(f"no value extractor for metric {metric!r}")  # a registry entry without an extractor
-
-
-def _number(value: Any, scale: float = 1.0) -> float | None:
+def _check(metric: vocab.Metric, device: str, identity: str | None, device_class: str | None, variant: str,
+           value: float | None, limit: float, disturbed: str | None) -> Check:
+    name = metric.budget_key
     if value is None:
-        return None
-    value = float(value)
-    return None if math.isnan(value) else value * scale
-
-
-def _check(metric: str, device: str, identity: str | None, device_class: str | None, variant: str,
-           value: float | None, budget: float) -> Check:
-    m = METRICS[metric]
-    op = "<=" if m.direction == "max" else ">="
-    if value is None:
-        status = CHECK_SKIPPED if m.optional else CHECK_NOT_MEASURED
-        message = f"{metric}: no value ({'optional, skipped' if m.optional else 'not measured'})"
+        status = vocab.CHECK_SKIPPED if metric.optional else vocab.CHECK_NOT_MEASURED
+        message = f"{name}: no value ({'optional, skipped' if metric.optional else 'not measured'})"
+        return Check(metric.key, device, variant, None, limit, status, identity, device_class, message)
+    ok = metric.meets(value, limit)
+    status = vocab.CHECK_PASS if ok else vocab.CHECK_FAIL
+    message = (f"{name} = {metric.display_text(value)} on {device}/{variant}: "
+               f"{'meets' if ok else 'violates'} budget {metric.op} {metric.display_text(limit)}")
+    if not (metric.disturbable and disturbed):
+        return Check(metric.key, device, variant, value, limit, status, identity, device_class, message)
+    if not ok:
+        status = vocab.CHECK_DISTURBED
+        message += f", but the measurement was disturbed ({disturbed}): measure it again"
     else:
-        ok = value <= budget if m.direction == "max" else value >= budget
-        status = CHECK_PASS if ok else CHECK_FAIL
-        message = (f"{metric} = {value:.4g} {m.unit} on {device}/{variant}: "
-                   f"{'meets' if ok else 'violates'} budget {op} {budget:.4g} {m.unit}")
-    return Check(metric, device, identity, device_class, variant, value, budget, m.unit, m.direction,
-                 status, message)
-
-
-def _clean(d: dict) -> dict:
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+        message += f" (measured while disturbed: {disturbed})"
+    return Check(metric.key, device, variant, value, limit, status, identity, device_class, message,
+                 disturbed)
 
 
 # ---------------------------------------------------------------------------------------------- JUnit
 
 
 def junit_xml(verdict: Verdict) -> str:
-    """JUnit XML: one testcase per budget check, per regression comparison and per unmeasured pair."""
+    """JUnit XML: one testcase per budget check, per regression comparison and per unmeasured pair.
+
+    Exit-1 outcomes are ``<failure>``, exit-2 ones (could not measure, disturbed) ``<error>``; the
+    element's ``type`` is the outcome. A pass on disturbed data carries the disturbance in ``system-out``.
+    """
     cases: list[ET.Element] = []
     counts = {"failures": 0, "errors": 0, "skipped": 0}
-    for c in verdict.checks:
-        case = ET.Element("testcase", classname=f"budgets.{c.device}.{c.variant}", name=c.metric)
-        if c.status == CHECK_FAIL:
-            ET.SubElement(case, "failure", message=c.message, type="budget_failed").text = c.message
-            counts["failures"] += 1
-        elif c.status == CHECK_NOT_MEASURED:
-            ET.SubElement(case, "error", message=c.message, type="could_not_measure").text = c.message
-            counts["errors"] += 1
-        elif c.status == CHECK_SKIPPED:
-            ET.SubElement(case, "skipped", message=c.message)
+
+    def add(case: ET.Element, element: str | None, kind: str | None, text: str) -> None:
+        if element == vocab.JUNIT_SKIPPED:
+            ET.SubElement(case, "skipped", message=text)
             counts["skipped"] += 1
+        elif element is not None:
+            ET.SubElement(case, element, message=text, type=kind or "").text = text
+            counts["failures" if element == vocab.JUNIT_FAILURE else "errors"] += 1
         cases.append(case)
+
+    for c in verdict.checks:
+        case = ET.Element("testcase", classname=f"budgets.{c.device}.{c.variant}",
+                          name=c.spec.budget_key or c.metric)
+        if c.disturbed and c.passed:
+            ET.SubElement(case, "system-out").text = f"measured while disturbed: {c.disturbed}"
+        status = vocab.CHECK_STATUSES[c.status]
+        add(case, status.junit, status.outcome, c.message)
     for r in verdict.comparisons:
         case = ET.Element("testcase", classname=f"regressions.{r.device}.{r.variant}", name=r.length_class)
-        if r.verdict == REGRESSED:
-            text = (f"{r.variant} on {r.device}, {r.length_class} sentences: "
-                    f"median {r.candidate_median:.4g} s vs {r.baseline_median:.4g} s "
-                    f"in {r.baseline_run_id} (ratio {r.ratio:.3f}, 95% CI "
-                    f"{r.ci_low:.3f}-{r.ci_high:.3f}, p = {r.p_value:.2g})")
-            ET.SubElement(case, "failure", message=text, type="regressed").text = text
-            counts["failures"] += 1
-        cases.append(case)
+        status = vocab.COMPARISON_VERDICTS[r.verdict]
+        text = f"{r.variant} on {r.device}, {comparison_text(r)} in {r.baseline_run_id}"
+        if r.disturbed:
+            text += f"; disturbed: {r.disturbed}"
+        add(case, status.junit, status.outcome, text)
     for u in verdict.unmeasured:
         case = ET.Element("testcase", classname=f"measure.{u.device}", name=u.variant)
         text = f"{u.variant} on {u.device}: {u.status}: {u.error or 'no detail'}"
-        ET.SubElement(case, "error", message=text, type="could_not_measure").text = text
-        counts["errors"] += 1
-        cases.append(case)
-    for u in verdict.ineligible:
-        case = ET.Element("testcase", classname=f"measure.{u.device}", name=u.variant)
-        ET.SubElement(case, "skipped", message=f"ineligible: {u.error or ''}")
-        counts["skipped"] += 1
-        cases.append(case)
+        if u.allowed:
+            add(case, vocab.JUNIT_SKIPPED, None, f"not measured, allowed: {text}")
+        else:
+            add(case, vocab.JUNIT_ERROR, vocab.COULD_NOT_MEASURE, text)
     suite = ET.Element("testsuite", name=f"edgebench.gate.{verdict.run_id}", tests=str(len(cases)),
                        failures=str(counts["failures"]), errors=str(counts["errors"]),
                        skipped=str(counts["skipped"]), timestamp=verdict.created_at)

@@ -20,6 +20,9 @@ Baseline: a named run, or per device identity the last passing run on that same 
 (``Store.baseline_run_id``). Results of different identities are never compared automatically; comparing
 to a named run whose identity differs works but warns loudly (``IdentityChangeWarning``).
 
+Comparison verdicts are ``harness.vocabulary.COMPARISON_VERDICTS``; "disturbed" (a regression measured
+while the device was disturbed) is decided by the gate, which knows the store's interference flags.
+
 The false-positive rate (A/A) and the power (10 % slowdown) are checked in tests/test_regress.py on
 generated lognormal samples.
 """
@@ -37,9 +40,10 @@ from scipy.stats import mannwhitneyu
 from harness import stats
 from harness.budgets import RegressionSettings
 from harness.store import LENGTH_CLASSES, Store
+from harness.verdict import Comparison
+from harness.vocabulary import IMPROVED, INSUFFICIENT, REGRESSED, UNCHANGED
 
-#: Comparison verdicts.
-REGRESSED, IMPROVED, UNCHANGED, INSUFFICIENT = "regressed", "improved", "unchanged", "insufficient"
+__all__ = ["Comparison", "IMPROVED", "INSUFFICIENT", "REGRESSED", "UNCHANGED", "compare_samples", "detect"]
 
 
 class IdentityChangeWarning(UserWarning):
@@ -111,31 +115,6 @@ def _normalize(
     scale_b = np.array([medians[k] for k in bk])
     scale_c = np.array([medians[k] for k in ck])
     return base / scale_b, cand / scale_c, True
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """One (device, variant, length class) compared with its baseline run."""
-
-    device: str
-    device_identity: str | None
-    baseline_run_id: str
-    baseline_identity: str | None
-    variant: str
-    length_class: str
-    n_baseline: int
-    n_candidate: int
-    baseline_median: float
-    candidate_median: float
-    ratio: float
-    ci_low: float
-    ci_high: float
-    p_value: float
-    verdict: str
-    normalized: bool
-
-    def to_dict(self) -> dict:
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
 
 
 @dataclass

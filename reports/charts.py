@@ -16,7 +16,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import matplotlib
 from matplotlib.figure import Figure
 
-from reports.model import HEADLINE_CLASS, LENGTH_CLASSES, STAGES, ReportData, Sample
+from harness.vocabulary import LENGTH_CLASSES, latency_key
+from reports.model import HEADLINE_CLASS, STAGES, ReportData, Sample
 
 # Families that render Chinese, in order of preference.
 CJK_FAMILIES = (
@@ -140,11 +141,16 @@ def _device_samples(data: ReportData, device: str) -> List[Tuple[str, Tuple[Samp
     return [(v, data.samples[(device, v)]) for v in data.variant_names if data.samples.get((device, v))]
 
 
-def _latency_limit(data: ReportData, device: str, length_class: str, metric: str = "latency_p90_s"):
-    for c in data.verdict.checks:
-        if c.device == device and c.metric == metric and c.length_class in (length_class, None):
+def _budget_limit(data: ReportData, device: str, metric: str) -> Optional[float]:
+    """The budget the stored verdict checked ``metric`` against on ``device`` (None: none, or no verdict)."""
+    for c in data.verdict.checks if data.verdict is not None else ():
+        if c.device == device and c.metric == metric:
             return c.limit
     return None
+
+
+def _latency_limit(data: ReportData, device: str, length_class: str) -> Optional[float]:
+    return _budget_limit(data, device, latency_key(length_class, "p90"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -288,7 +294,7 @@ def pareto(data: ReportData, device: str) -> Optional[str]:
     """Acoustic model size vs short-sentence p90, coloured by mel distortion; non-dominated ones joined."""
     pts = []
     for r in data.results_for(device):
-        size, p90 = r.sizes.get("acoustic"), r.value("latency_p90_s", HEADLINE_CLASS)
+        size, p90 = r.sizes.get("acoustic"), r.value(latency_key(HEADLINE_CLASS, "p90"))
         if size and p90:
             pts.append((r.variant, size / 1e6, p90 * 1000, r.mcd_db))
     if not pts:
@@ -329,11 +335,7 @@ def pareto(data: ReportData, device: str) -> Optional[str]:
                 label="Pareto front (smaller and faster)",
             )
         lat_limit = _latency_limit(data, device, HEADLINE_CLASS)
-        size_limit = None
-        for c in data.verdict.checks:
-            if c.device == device and c.metric == "size_acoustic_bytes":
-                size_limit = c.limit
-                break
+        size_limit = _budget_limit(data, device, "size_acoustic_bytes")
         xmax = _budget_line(
             ax, "x", size_limit and size_limit / 1e6, max(p[1] for p in pts), "size budget", "MB"
         )

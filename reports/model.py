@@ -1,9 +1,11 @@
 """The report's input: a plain, typed, immutable ``ReportData`` built from the store.
 
 ``load_report_data`` is the only function in ``reports`` that touches the store; charts, tables, audio and
-the template take ``ReportData``. Values are kept in SI units (seconds, bytes, ratios 0..1); formatting
-happens in ``reports.tables``. Strings that came from a device (facts, error text) are untrusted and are
-only ever rendered through the autoescaping template.
+the template take ``ReportData``. Metrics, outcomes and check statuses are ``harness.vocabulary``'s; the
+verdict is the one the gate stored (``harness.verdict``), rendered as it is and never judged again here
+(``ReportData.verdict`` is None when the run was never gated). Values are kept in their metric's unit
+(seconds, bytes, fractions 0..1); formatting happens in ``reports.tables``. Strings that came from a device
+(facts, error text) are untrusted and are only ever rendered through the autoescaping template.
 """
 
 from __future__ import annotations
@@ -13,57 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Tuple
 
-LENGTH_CLASSES = ("short", "medium", "long")
+from harness.verdict import Comparison, Verdict, read_verdict
+from harness.vocabulary import BUDGET_METRICS, LENGTH_CLASSES, METRICS, latency_key
+
+__all__ = ["LENGTH_CLASSES", "METRICS", "Comparison", "Verdict"]
+
 STAGES = ("frontend", "acoustic", "vocoder")
 COMPONENTS = ("acoustic", "vocoder")
 # The variant every ratio is taken against (same device).
 REFERENCE_VARIANT = "original"
 # The headline metric of the cross-device matrix and the trend chart.
 HEADLINE_CLASS = "short"
-
-# Verdict kinds: the gate's outcomes (harness.gate), most serious first.
-PASS = "pass"
-BUDGET_FAILED = "budget_failed"
-REGRESSION = "regressed"
-COULD_NOT_MEASURE = "could_not_measure"
-NO_BASELINE = "no_baseline"
-VERDICT_KINDS = (COULD_NOT_MEASURE, BUDGET_FAILED, REGRESSION, NO_BASELINE, PASS)
-# Budget check statuses (harness.gate): "skipped" is an optional metric without a value.
-CHECK_PASS, CHECK_FAIL, CHECK_SKIPPED, CHECK_NOT_MEASURED = "pass", "fail", "skipped", "not_measured"
-
-
-@dataclass(frozen=True)
-class Metric:
-    """One comparable quantity: how it is named, in which unit it is stored, which way is better."""
-
-    key: str
-    label: str
-    unit: str  # unit of the stored value: "s", "bytes" (shown in MB), "bytes_iec" (shown in MiB), "ratio",
-    # "score", "dB", "count"
-    lower_is_better: bool
-
-
-# The one registry of metric keys the report knows (budget checks name these keys).
-METRICS: Mapping[str, Metric] = {
-    m.key: m
-    for m in (
-        Metric("size_bytes", "Size (total)", "bytes", True),
-        Metric("size_acoustic_bytes", "Size (acoustic)", "bytes", True),
-        Metric("size_vocoder_bytes", "Size (vocoder)", "bytes", True),
-        Metric("params", "Parameters", "count", True),
-        Metric("latency_p50_s", "Latency p50", "s", True),
-        Metric("latency_p90_s", "Latency p90", "s", True),
-        Metric("latency_p99_s", "Latency p99", "s", True),
-        Metric("rtf", "Real-time factor", "ratio", True),
-        Metric("first_inference_s", "First inference", "s", True),
-        Metric("load_s", "Load time", "s", True),
-        Metric("peak_rss_bytes", "Peak RSS", "bytes_iec", True),
-        Metric("mcd_db", "Mel distortion", "dB", True),
-        Metric("mel_l1", "Mel L1", "score", True),
-        Metric("emotion_id_accuracy", "Emotion identifiability", "ratio", False),
-        Metric("mos", "MOS", "score", False),
-    )
-}
+HEADLINE_METRIC = latency_key(HEADLINE_CLASS, "p90")
 
 
 @dataclass(frozen=True)
@@ -113,6 +76,7 @@ class VariantResult:
     mos_n: Optional[int] = None
     throttled: bool = False
     hot: bool = False
+    disturbed: Optional[str] = None  # what disturbed the measurement (store: summary ``disturbed_reason``)
 
     @property
     def ok(self) -> bool:
@@ -126,21 +90,18 @@ class VariantResult:
     def params_total(self) -> Optional[int]:
         return sum(self.params.values()) if self.params else None
 
-    def value(self, metric: str, length_class: Optional[str] = None) -> Optional[float]:
-        """The stored value of a ``METRICS`` key (latency keys need a length class)."""
-        if metric.startswith("latency_"):
-            stats = self.latency.get(length_class or HEADLINE_CLASS)
-            if stats is None:
-                return None
-            return getattr(stats, metric[len("latency_") :])
-        if metric == "size_bytes":
+    def value(self, metric: str) -> Optional[float]:
+        """The value of a ``harness.vocabulary.METRICS`` key (KeyError for another name)."""
+        m = METRICS[metric]
+        if m.length_class is not None:
+            stats = self.latency.get(m.length_class)
+            return None if stats is None else getattr(stats, f"{m.stat}_s")
+        if metric == "size_total_bytes":
             return self.size_bytes
         if metric == "params":
             return self.params_total
-        if metric.startswith("size_") and metric.endswith("_bytes"):
-            return self.sizes.get(metric[len("size_") : -len("_bytes")])
-        if metric not in METRICS:
-            raise KeyError(f"unknown metric {metric!r}")
+        if metric in ("size_acoustic_bytes", "size_vocoder_bytes"):
+            return self.sizes.get(metric.split("_")[1])
         return getattr(self, metric)
 
 
@@ -154,95 +115,6 @@ class Sample(NamedTuple):
     acoustic_s: float
     vocoder_s: float
     total_s: float
-
-
-@dataclass(frozen=True)
-class BudgetCheck:
-    """One budget the gate evaluated: ``value`` against ``limit`` (<= limit when lower is better)."""
-
-    device: str
-    variant: str
-    metric: str  # a METRICS key
-    value: Optional[float]
-    limit: float
-    status: str  # CHECK_PASS | CHECK_FAIL | CHECK_SKIPPED | CHECK_NOT_MEASURED
-    length_class: Optional[str] = None
-
-    @property
-    def passed(self) -> bool:
-        return self.status == CHECK_PASS
-
-    @property
-    def failed(self) -> bool:
-        return self.status in (CHECK_FAIL, CHECK_NOT_MEASURED)
-
-
-@dataclass(frozen=True)
-class Regression:
-    """Current vs baseline samples of one (device, variant, length class), judged on raw samples."""
-
-    device: str
-    variant: str
-    length_class: str
-    baseline_median_s: Optional[float]  # None when a side had no samples ("insufficient")
-    current_median_s: Optional[float]
-    ratio: Optional[float]  # current median / baseline median; None when "insufficient"
-    ci_low: Optional[float] = None
-    ci_high: Optional[float] = None
-    p_value: Optional[float] = None
-    verdict: str = "unchanged"  # regressed | improved | unchanged | insufficient (harness.regress)
-    baseline_run_id: Optional[str] = None
-    n_baseline: Optional[int] = None
-    n_current: Optional[int] = None
-
-    @property
-    def regressed(self) -> bool:
-        return self.verdict == "regressed"
-
-    @property
-    def improved(self) -> bool:
-        return self.verdict == "improved"
-
-
-@dataclass(frozen=True)
-class Cause:
-    """Why the verdict is what it is: one line the banner shows."""
-
-    kind: str  # a VERDICT_KINDS value
-    device: Optional[str] = None
-    variant: Optional[str] = None
-    metric: Optional[str] = None
-    length_class: Optional[str] = None
-    value: Optional[float] = None
-    limit: Optional[float] = None
-    message: str = ""
-
-
-@dataclass(frozen=True)
-class Verdict:
-    kind: str  # a VERDICT_KINDS value
-    exit_code: int
-    causes: Tuple[Cause, ...] = ()
-    checks: Tuple[BudgetCheck, ...] = ()
-    baselines: Mapping[str, Optional[str]] = field(default_factory=dict)  # device -> baseline run id
-    warnings: Tuple[str, ...] = ()
-
-    @property
-    def baseline_text(self) -> str:
-        runs = sorted({b for b in self.baselines.values() if b})
-        if not runs:
-            return "none"
-        return runs[0] if len(runs) == 1 else ", ".join(runs)
-
-    def check(
-        self, device: str, variant: str, metric: str, length_class: Optional[str] = None
-    ) -> Optional[BudgetCheck]:
-        for c in self.checks:
-            if (c.device, c.variant, c.metric) == (device, variant, metric) and (
-                c.length_class is None or c.length_class == length_class
-            ):
-                return c
-        return None
 
 
 @dataclass(frozen=True)
@@ -288,7 +160,7 @@ class BudgetLine:
     """One budget in force, for display: where it applies, what, and the limit with its unit."""
 
     scope: str  # "all devices", "device class pi4", "variant pruned", "regression test"
-    metric: str  # the budget's name as in budgets.toml
+    metric: str  # the budget's name as in budgets.toml (``Metric.budget_key``)
     limit: str  # "≤ 800 ms"
     description: str = ""
 
@@ -296,16 +168,20 @@ class BudgetLine:
 @dataclass(frozen=True)
 class ReportData:
     run: RunInfo
-    verdict: Verdict
+    verdict: Optional[Verdict]  # the stored verdict; None: the run was never gated
     results: Tuple[VariantResult, ...] = ()
     samples: Mapping[Tuple[str, str], Tuple[Sample, ...]] = field(default_factory=dict)
     devices: Tuple[DeviceInfo, ...] = ()
     attempts: Tuple[Attempt, ...] = ()
-    regressions: Tuple[Regression, ...] = ()
     history: Tuple[TrendPoint, ...] = ()
     audio: Tuple[AudioClip, ...] = ()
     budgets: Tuple[BudgetLine, ...] = ()  # the budgets in force, for display
     model_source: Mapping[str, Any] = field(default_factory=dict)  # the original's manifest "source"
+
+    @property
+    def comparisons(self) -> Tuple[Comparison, ...]:
+        """Every comparison with a baseline the verdict holds (regressed, improved, unchanged, ...)."""
+        return tuple(self.verdict.comparisons) if self.verdict is not None else ()
 
     @property
     def random_weights(self) -> bool:
@@ -346,18 +222,18 @@ class ReportData:
 
 
 # --------------------------------------------------------------------------------------------------
-# From the store. Everything below adapts harness.store / harness.gate output to the types above.
+# From the store. Everything below reads harness.store output into the types above.
 # --------------------------------------------------------------------------------------------------
 
 #: How many earlier runs the trend chart looks back over.
 HISTORY_RUNS = 30
 
 
-def load_report_data(store, run_id: str, baseline: Optional[str] = None) -> ReportData:
+def load_report_data(store, run_id: str) -> ReportData:
     """Build the ``ReportData`` of one run from a ``harness.store.Store`` (the only store access).
 
-    The verdict is the one the gate stored for the run; the gate is asked afresh (without saving) when
-    none is stored or when ``baseline`` names another run to compare with.
+    The verdict is the one the gate stored for the run (None when it was never gated): the report never
+    judges a run itself. A stored verdict this edgebench cannot read is a ``VerdictFormatError``.
     """
     meta = store.run(run_id)  # StoreError (a UserError) for an unknown run id
     run = RunInfo(
@@ -370,151 +246,42 @@ def load_report_data(store, run_id: str, baseline: Optional[str] = None) -> Repo
         variants=tuple(meta.get("variants") or ()),
         devices=tuple(meta.get("devices") or ()),
     )
+    stored = store.verdict(run_id)
+    verdict = None if stored is None else read_verdict(stored, where=f"verdict of run {run_id}")
     attempts = tuple(_attempts(store.attempts_df(run_id)))
     effective_attempts = store.effective_attempts(run_id)
     effective = {key: a["status"] for key, a in effective_attempts.items()}
     identities = {device: dict(a.get("identity") or {}) for (device, _), a in effective_attempts.items()}
-    gate_verdict = _gate_verdict(store, run_id, baseline)
+    budgets = verdict.budgets if verdict is not None else (meta.get("budgets") or {})
     return ReportData(
         run=run,
-        verdict=verdict_from_gate(gate_verdict),
+        verdict=verdict,
         results=tuple(_results(store.summary_df(run_id), attempts, effective)),
         samples=_samples(store.samples_df(run_id)),
         devices=tuple(_devices(store.facts(run_id), attempts, identities)),
         attempts=attempts,
-        regressions=tuple(regressions_from_gate(gate_verdict)),
         history=tuple(_history(store, run)),
         audio=tuple(_audio(store.artifacts(run_id))),
-        budgets=tuple(budget_lines_from_gate(gate_verdict.get("budgets") or {})),
+        budgets=tuple(budget_lines(budgets)),
         model_source=_model_source(store.artifacts(run_id)),
     )
 
 
-def _gate_verdict(store, run_id: str, baseline: Optional[str]) -> Mapping[str, Any]:
-    stored = store.verdict(run_id) if baseline is None else None
-    if stored is not None:
-        return stored
-    from harness import gate
-
-    return gate.evaluate(store, run_id, baseline=baseline, save=False).to_dict()
-
-
-def report_metric(gate_metric: str) -> Optional[Tuple[str, Optional[str], float]]:
-    """A gate metric (harness.budgets.METRICS) as (report METRICS key, length class, scale to SI units)."""
-    from harness.budgets import MB, MIB
-    from harness.budgets import METRICS as GATE_METRICS
-
-    m = GATE_METRICS.get(gate_metric)
-    if m is None:
-        return None
-    if m.length_class is not None:  # latency_<stat>_ms_<class>
-        return f"latency_{gate_metric.split('_')[1]}_s", m.length_class, 1e-3
-    known = {
-        "acoustic_size_mb": ("size_acoustic_bytes", MB),
-        "vocoder_size_mb": ("size_vocoder_bytes", MB),
-        "peak_rss_mib": ("peak_rss_bytes", float(MIB)),
-        "rtf": ("rtf", 1.0),
-        "first_inference_s": ("first_inference_s", 1.0),
-        "mos": ("mos", 1.0),
-        "emotion_id_accuracy": ("emotion_id_accuracy", 1.0),
-    }
-    if gate_metric not in known:
-        return None
-    key, scale = known[gate_metric]
-    return key, None, scale
-
-
-def verdict_from_gate(d: Mapping[str, Any]) -> Verdict:
-    """Adapt ``harness.gate.Verdict.to_dict()`` (version 1) to the report's ``Verdict`` with its causes."""
-    checks, causes = [], []
-    for c in d.get("unmeasured", ()):
-        causes.append(
-            Cause(COULD_NOT_MEASURE, c.get("device"), c.get("variant"), message=f"{c.get('status')}: "
-                  f"{c.get('error') or 'no reason recorded'}")
-        )  # fmt: skip
-    for c in d.get("checks", ()):
-        mapped = report_metric(str(c["metric"]))
-        if mapped is None:  # a metric this report does not know: still say why the gate failed
-            if c["status"] in (CHECK_FAIL, CHECK_NOT_MEASURED):
-                kind = BUDGET_FAILED if c["status"] == CHECK_FAIL else COULD_NOT_MEASURE
-                causes.append(Cause(kind, c["device"], c["variant"], message=str(c.get("message") or "")))
-            continue
-        key, length_class, scale = mapped
-        value = _opt_float(c.get("value"))
-        check = BudgetCheck(
-            device=str(c["device"]),
-            variant=str(c["variant"]),
-            metric=key,
-            value=None if value is None else value * scale,
-            limit=float(c["budget"]) * scale,
-            status=str(c["status"]),
-            length_class=length_class,
-        )
-        checks.append(check)
-        if check.status == CHECK_FAIL:
-            causes.append(
-                Cause(BUDGET_FAILED, check.device, check.variant, key, length_class, check.value, check.limit)
-            )
-        elif check.status == CHECK_NOT_MEASURED:
-            causes.append(Cause(COULD_NOT_MEASURE, check.device, check.variant, key, length_class,
-                                message="no value was measured for a budgeted metric"))  # fmt: skip
-    for r in d.get("regressions", ()):
-        causes.append(
-            Cause(REGRESSION, r.get("device"), r.get("variant"), length_class=r.get("length_class"))
-        )
-    baselines = dict(d.get("baselines") or {})
-    for device, base in baselines.items():
-        if base is None:
-            causes.append(
-                Cause(NO_BASELINE, device, message="no earlier passing run on this device to compare with")
-            )
-    return Verdict(
-        kind=str(d["outcome"]),
-        exit_code=int(d["exit_code"]),
-        causes=tuple(causes),
-        checks=tuple(checks),
-        baselines=baselines,
-        warnings=tuple(str(w) for w in d.get("warnings", ())),
-    )
-
-
-def regressions_from_gate(d: Mapping[str, Any]) -> Iterable[Regression]:
-    """Every comparison with a baseline (regressed, improved, unchanged, insufficient)."""
-    for r in d.get("comparisons", ()):
-        yield Regression(
-            device=str(r["device"]),
-            variant=str(r["variant"]),
-            length_class=str(r["length_class"]),
-            baseline_median_s=_opt_float(r.get("baseline_median")),
-            current_median_s=_opt_float(r.get("candidate_median")),
-            ratio=_opt_float(r.get("ratio")),
-            ci_low=_opt_float(r.get("ci_low")),
-            ci_high=_opt_float(r.get("ci_high")),
-            p_value=_opt_float(r.get("p_value")),
-            verdict=str(r["verdict"]),
-            baseline_run_id=_opt_str(r.get("baseline_run_id")),
-            n_baseline=_opt_int(r.get("n_baseline")),
-            n_current=_opt_int(r.get("n_candidate")),
-        )
-
-
-def budget_lines_from_gate(budgets: Mapping[str, Any]) -> Iterable[BudgetLine]:
-    """The budgets the gate applied (``Budgets.to_dict()``), one line per metric and scope."""
-    from harness.budgets import METRICS as GATE_METRICS
-
+def budget_lines(budgets: Mapping[str, Any]) -> Iterable[BudgetLine]:
+    """The budgets in force (``Budgets.to_dict()``), one line per budget and scope."""
     scopes = [("all devices", budgets.get("budgets") or {})]
     scopes += [(f"device class {k}", v) for k, v in (budgets.get("class") or {}).items()]
     scopes += [(f"variant {k}", v) for k, v in (budgets.get("variant") or {}).items()]
     for scope, table in scopes:
         for name, value in table.items():
-            m = GATE_METRICS.get(name)
+            m = BUDGET_METRICS.get(name)
             if value is None:
                 yield BudgetLine(scope, name, "off", m.description if m else "")
             elif m is None:
                 yield BudgetLine(scope, name, str(value))
             else:
-                op = "≤" if m.direction == "max" else "≥"
-                unit = "" if m.unit in ("x", "score", "fraction") else f" {m.unit}"
+                op = "≤" if m.lower_is_better else "≥"
+                unit = f" {m.display_unit}" if m.display_unit in ("ms", "s", "MB", "MiB") else ""
                 yield BudgetLine(scope, name, f"{op} {value:g}{unit}", m.description)
     regression = budgets.get("regression") or {}
     if regression:
@@ -564,28 +331,29 @@ def _results(summary, attempts: Tuple[Attempt, ...], effective: Mapping[Tuple[st
                 )
                 for r in group
             },
-            rtf=_overall_rtf(group),
-            first_inference_s=_opt_float(first.get("first_inference_s")),
-            load_s=_sum_opt(first.get("acoustic_load_s"), first.get("vocoder_load_s")),
+            rtf=METRICS["rtf"].value_of(group),
+            first_inference_s=METRICS["first_inference_s"].value_of(group),
+            load_s=METRICS["load_s"].value_of(group),
             import_s=_opt_float(first.get("import_s")),
-            peak_rss_bytes=_opt_int(first.get("peak_rss_bytes")),
-            mcd_db=_opt_float(first.get("quality_mcd_db")),
-            mel_l1=_opt_float(first.get("quality_mel_l1")),
-            emotion_id_accuracy=_opt_float(first.get("emotion_id_accuracy")),
-            mos=_opt_float(first.get("mos")),
+            peak_rss_bytes=_opt_int(METRICS["peak_rss_bytes"].value_of(group)),
+            mcd_db=METRICS["mcd_db"].value_of(group),
+            mel_l1=METRICS["mel_l1"].value_of(group),
+            emotion_id_accuracy=METRICS["emotion_id_accuracy"].value_of(group),
+            mos=METRICS["mos"].value_of(group),
             mos_n=_opt_int(first.get("mos_n")),
             throttled=bool(_opt(first.get("throttled"))),
             hot=bool(_opt(first.get("hot"))),
+            disturbed=_disturbance(group),
         )
 
 
-def _overall_rtf(group) -> Optional[float]:
-    """RTF over every class: total synthesis seconds / total audio seconds (the store's definition)."""
-    audio = sum(float(r["audio_s"]) for r in group if _opt(r.get("audio_s")))
-    synth = sum(
-        float(r["rtf"]) * float(r["audio_s"]) for r in group if _opt(r.get("rtf")) and _opt(r.get("audio_s"))
-    )
-    return synth / audio if audio > 0 else None
+def _disturbance(group) -> Optional[str]:
+    """What disturbed a pair's measurement (summary columns ``disturbed``, ``disturbed_reason``; stores
+    without them record no interference)."""
+    if not any(_opt(r.get("disturbed")) for r in group):
+        return None
+    reasons = [str(r["disturbed_reason"]) for r in group if _opt(r.get("disturbed_reason"))]
+    return "; ".join(dict.fromkeys(reasons)) or "interference during the measurement"
 
 
 def _samples(df) -> Mapping[Tuple[str, str], Tuple[Sample, ...]]:
@@ -685,8 +453,3 @@ def _opt_int(v: Any) -> Optional[int]:
 def _opt_str(v: Any) -> Optional[str]:
     v = _opt(v)
     return None if v is None else str(v)
-
-
-def _sum_opt(*values: Any) -> Optional[float]:
-    present = [float(v) for v in (_opt(x) for x in values) if v is not None]
-    return sum(present) if present else None

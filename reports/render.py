@@ -16,22 +16,20 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 import jinja2
 from markupsafe import Markup
 
-from reports import charts, tables
-from reports.audio import AudioGrid, collect_audio
-from reports.model import (
+from harness.verdict import Cause, Verdict
+from harness.vocabulary import (
     BUDGET_FAILED,
     COULD_NOT_MEASURE,
-    HEADLINE_CLASS,
+    DISTURBED,
     METRICS,
     NO_BASELINE,
+    OUTCOMES,
     PASS,
-    REGRESSION,
-    VERDICT_KINDS,
-    Cause,
-    DeviceInfo,
-    ReportData,
-    load_report_data,
+    REGRESSED,
 )
+from reports import charts, tables
+from reports.audio import AudioGrid, collect_audio
+from reports.model import HEADLINE_CLASS, DeviceInfo, ReportData, load_report_data
 
 REPORT_FILE = "report.html"
 CSV_FILE = "comparison.csv"
@@ -41,12 +39,20 @@ MAX_CAUSES = 12
 # A WAV this small or smaller is embedded in the HTML (base64) rather than copied beside it.
 DEFAULT_EMBED_AUDIO_MAX_BYTES = 0
 
+ICONS = {
+    PASS: "✓", NO_BASELINE: "?", REGRESSED: "✗", BUDGET_FAILED: "✗", DISTURBED: "≈", COULD_NOT_MEASURE: "!"
+}
+#: Banner kind of a run the gate never judged (no stored verdict).
+NO_VERDICT = "none"
+#: outcome (or NO_VERDICT) -> (label, icon, summary) of the banner.
 VERDICT_TEXT = {
-    PASS: ("Pass", "✓", "Every budget met and no regression against the baseline."),
-    NO_BASELINE: ("No baseline", "?", "Every budget met; no baseline run to check for regressions."),
-    REGRESSION: ("Regression", "✗", "A variant got slower than the baseline run."),
-    BUDGET_FAILED: ("Budget failed", "✗", "At least one measurement is over its budget."),
-    COULD_NOT_MEASURE: ("Could not measure", "!", "At least one device/variant pair has no measurement."),
+    **{name: (o.label, ICONS[name], o.meaning) for name, o in OUTCOMES.items()},
+    NO_VERDICT: (
+        "No verdict",
+        "–",
+        "The gate has not judged this run: run `edgebench gate --run RUN_ID` (or `edgebench report --gate`), "
+        "then render the report again.",
+    ),
 }
 
 # Facts shown in the device table, in this order (the agent's FACTS keys).
@@ -122,29 +128,31 @@ def _where(*parts: Optional[str]) -> str:
 
 
 def cause_lines(data: ReportData) -> Tuple[CauseLine, ...]:
-    """The verdict's causes, most serious kind first (the banner's kind leads)."""
-    causes = sorted(data.verdict.causes, key=lambda c: VERDICT_KINDS.index(c.kind))
-    return tuple(describe_cause(c, data) for c in causes)
+    """The stored verdict's causes, most serious outcome first (the banner's outcome leads)."""
+    if data.verdict is None:
+        return ()
+    return tuple(describe_cause(c) for c in data.verdict.causes())
 
 
-def describe_cause(c: Cause, data: ReportData) -> CauseLine:
+def describe_cause(c: Cause) -> CauseLine:
+    """One banner line: a budget check with value vs budget in the table's units, else the cause's text;
+    a disturbed one names what disturbed it."""
     metric = METRICS.get(c.metric or "")
     what = c.message
-    if c.kind == BUDGET_FAILED and metric is not None and c.value is not None and c.limit is not None:
-        name = metric.label + (f" ({c.length_class})" if c.length_class else "")
+    if c.outcome in (BUDGET_FAILED, DISTURBED) and metric is not None and None not in (c.value, c.limit):
         value, limit = tables.fmt_metric(metric.key, c.value), tables.fmt_limit(metric.key, c.limit)
-        what = f"{name} = {value} vs budget {limit}"
-    elif c.kind == REGRESSION:
-        where = (c.device, c.variant, c.length_class)
-        reg = next((r for r in data.regressions if (r.device, r.variant, r.length_class) == where), None)
-        if reg is not None and reg.regressed:
-            what = f"{reg.length_class} sentences: median {reg.ratio:.2f}× the baseline"
-            if reg.ci_low is not None and reg.ci_high is not None:
-                what += f" (95 % CI {reg.ci_low:.2f}–{reg.ci_high:.2f}"
-                what += f", p = {reg.p_value:.2g})" if reg.p_value is not None else ")"
+        what = f"{metric.label} = {value} vs budget {limit}"
     elif metric is not None and not what:
         what = f"{metric.label}: no value"
-    return CauseLine(kind=c.kind, where=_where(c.device, c.variant), what=what or VERDICT_TEXT[c.kind][2])
+    what = what or VERDICT_TEXT[c.outcome][2]
+    if c.disturbed:
+        what += f" — disturbed: {c.disturbed}"
+    return CauseLine(kind=c.outcome, where=_where(c.device, c.variant), what=what)
+
+
+def baseline_text(verdict: Optional[Verdict]) -> str:
+    runs = sorted({b for b in (verdict.baselines.values() if verdict is not None else ()) if b})
+    return ", ".join(runs) if runs else "none"
 
 
 def _device_charts(data: ReportData, device: str) -> Tuple[Tuple[str, Markup], ...]:
@@ -223,7 +231,9 @@ def render_html(data: ReportData, audio: AudioGrid, generated_at: Optional[str] 
         for t in tables.comparison_tables(data)
     ]
     trend_svg = charts.trends(data)
-    label, icon, summary = VERDICT_TEXT.get(data.verdict.kind, (data.verdict.kind, "?", ""))
+    verdict = data.verdict
+    kind = verdict.outcome if verdict is not None else NO_VERDICT
+    label, icon, summary = VERDICT_TEXT[kind]
     # Every attempt that failed, and whether a retry of the same pair later succeeded.
     failed_attempts = [
         (a, bool((r := data.result(a.device, a.variant)) and r.ok)) for a in data.attempts if a.status != "ok"
@@ -233,7 +243,12 @@ def render_html(data: ReportData, audio: AudioGrid, generated_at: Optional[str] 
     return template.render(
         data=data,
         run=data.run,
-        verdict=data.verdict,
+        verdict=verdict,
+        verdict_kind=kind,
+        exit_code=None if verdict is None else verdict.exit_code,
+        baseline_text=baseline_text(verdict),
+        warnings=() if verdict is None else verdict.warnings,
+        disturbances=() if verdict is None else verdict.disturbances,
         verdict_label=label,
         verdict_icon=icon,
         verdict_summary=summary,
@@ -242,7 +257,7 @@ def render_html(data: ReportData, audio: AudioGrid, generated_at: Optional[str] 
         sections=sections,
         matrix=tables.headline_matrix(data),
         headline_class=HEADLINE_CLASS,
-        regressions=data.regressions,
+        regressions=sorted(data.comparisons, key=lambda c: c.outcome is None),  # regressions first
         trend_svg=Markup(trend_svg) if trend_svg else None,
         audio=audio,
         random_weights=data.random_weights,
@@ -260,6 +275,7 @@ def render_html(data: ReportData, audio: AudioGrid, generated_at: Optional[str] 
         generated_at=generated_at or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         pass_mark=tables.PASS_MARK,
         fail_mark=tables.FAIL_MARK,
+        disturbed_mark=tables.DISTURBED_MARK,
     )
 
 
@@ -283,9 +299,10 @@ def render_report(
     return report
 
 
-def render_run(store, run_id: str, out_dir: Path, baseline: Optional[str] = None, **kwargs: Any) -> Path:
-    """Render the report of ``run_id`` from the store; returns the path of ``report.html``."""
-    return render_report(load_report_data(store, run_id, baseline=baseline), out_dir, **kwargs)
+def render_run(store, run_id: str, out_dir: Path, **kwargs: Any) -> Path:
+    """Render the report of ``run_id`` (with its stored verdict) from the store; returns the path of
+    ``report.html``."""
+    return render_report(load_report_data(store, run_id), out_dir, **kwargs)
 
 
 def _write(path: Path, text: str) -> None:

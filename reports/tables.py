@@ -1,8 +1,10 @@
 """Comparison tables built from ``ReportData``: one model rendered three ways (HTML, CSV, Markdown).
 
-A ``ComparisonTable`` has one row per variant of one device; every ``Cell`` carries its raw value (SI
-units, for CSV), its display text, the budget verdict (pass / fail / none) with the budget shown, and the
-ratio against ``original`` on the same device. Status is never colour only: cells carry ✓ / ✗ too.
+A ``ComparisonTable`` has one row per variant of one device; every ``Cell`` carries its raw value (the
+metric's unit, for CSV), its display text, the stored verdict's budget check (pass / fail / disturbed /
+none) with the budget shown, and the ratio against ``original`` on the same device. Columns are
+``harness.vocabulary`` metrics: a column's key is the metric's key and the CSV header. Status is never
+colour only: cells carry ✓ / ✗ / ⚠ too.
 """
 
 from __future__ import annotations
@@ -12,17 +14,20 @@ import io
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple
 
-from reports.model import (
-    HEADLINE_CLASS,
-    LENGTH_CLASSES,
-    METRICS,
-    REFERENCE_VARIANT,
-    ReportData,
-    VariantResult,
-)
+from harness import vocabulary as vocab
+from harness.vocabulary import LENGTH_CLASSES, METRICS, latency_key
+from reports.model import HEADLINE_CLASS, HEADLINE_METRIC, REFERENCE_VARIANT, ReportData, VariantResult
 
 PASS_MARK = "✓"
 FAIL_MARK = "✗"
+DISTURBED_MARK = "⚠"
+#: A budget check's status (harness.vocabulary.CHECK_STATUSES) as a cell status; skipped: no mark.
+CELL_STATUS = {
+    vocab.CHECK_PASS: "pass",
+    vocab.CHECK_FAIL: "fail",
+    vocab.CHECK_NOT_MEASURED: "fail",
+    vocab.CHECK_DISTURBED: "disturbed",
+}
 
 # The seed article's method table ("多方案对比分析") and budgets: what stakeholders compare against.
 # size_change / speed_change are the article's relative claims (-0.40 = "↓ 40 %", +1.30 = "↑ 130 %").
@@ -105,21 +110,23 @@ def fmt_plain(v: Optional[float], digits: int = 2) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
 
+#: A metric's unit (harness.vocabulary) -> its formatter; bytes budgeted in MiB are shown in binary units.
 FORMATTERS: Mapping[str, Callable[[Optional[float]], str]] = {
     "s": fmt_seconds,
     "bytes": fmt_bytes,
-    "bytes_iec": fmt_bytes_iec,
     "count": fmt_count,
-    "ratio": fmt_ratio_pct,
+    "fraction": fmt_ratio_pct,
+    "x": lambda v: fmt_plain(v, 3),
     "dB": lambda v: "—" if v is None else f"{v:.2f} dB",
     "score": lambda v: fmt_plain(v, 2),
 }
 
 
 def fmt_metric(metric: str, v: Optional[float]) -> str:
-    if metric == "rtf":
-        return fmt_plain(v, 3)
-    return FORMATTERS[METRICS[metric].unit](v)
+    m = METRICS[metric]
+    if m.unit == "bytes" and m.display_unit == "MiB":
+        return fmt_bytes_iec(v)
+    return FORMATTERS[m.unit](v)
 
 
 def fmt_limit(metric: str, limit: float) -> str:
@@ -134,26 +141,29 @@ def fmt_limit(metric: str, limit: float) -> str:
 
 @dataclass(frozen=True)
 class Column:
-    key: str  # CSV header (unit-suffixed, SI)
+    key: str  # a harness.vocabulary.METRICS key: the CSV header
     label: str  # HTML / Markdown header
     group: str  # the spanning header above it
-    metric: str  # a METRICS key
-    length_class: Optional[str] = None
     ratio: Optional[str] = None  # "speedup" | "pct": how the note compares against original
+
+    @property
+    def metric(self) -> vocab.Metric:
+        return METRICS[self.key]
 
 
 @dataclass(frozen=True)
 class Cell:
     value: Optional[float]
     text: str
-    status: Optional[str] = None  # "pass" | "fail" | None (no budget)
+    status: Optional[str] = None  # "pass" | "fail" | "disturbed" | None (no budget)
     budget: Optional[str] = None  # "≤ 800 ms"
     note: Optional[str] = None  # ratio vs original, or n
     ratio: Optional[float] = None  # the note's number (speed-up x or fraction of original)
+    disturbed: Optional[str] = None  # what disturbed the measurement this cell's budget check judged
 
     @property
     def mark(self) -> str:
-        return {"pass": PASS_MARK, "fail": FAIL_MARK}.get(self.status or "", "")
+        return {"pass": PASS_MARK, "fail": FAIL_MARK, "disturbed": DISTURBED_MARK}.get(self.status or "", "")
 
 
 @dataclass(frozen=True)
@@ -164,6 +174,7 @@ class TableRow:
     cells: Tuple[Cell, ...]
     throttled: bool = False
     hot: bool = False
+    disturbed: Optional[str] = None  # what disturbed the pair's measurement
 
     @property
     def failed_budgets(self) -> int:
@@ -190,24 +201,22 @@ class ComparisonTable:
 
 def comparison_columns(length_classes: Sequence[str] = LENGTH_CLASSES) -> Tuple[Column, ...]:
     cols = [
-        Column("size_acoustic_bytes", "acoustic", "Size", "size_acoustic_bytes"),
-        Column("size_vocoder_bytes", "vocoder", "Size", "size_vocoder_bytes"),
-        Column("size_total_bytes", "total", "Size", "size_bytes", ratio="pct"),
-        Column("params", "total", "Params", "params", ratio="pct"),
+        Column("size_acoustic_bytes", "acoustic", "Size"),
+        Column("size_vocoder_bytes", "vocoder", "Size"),
+        Column("size_total_bytes", "total", "Size", ratio="pct"),
+        Column("params", "total", "Params", ratio="pct"),
     ]
     for lc in length_classes:
-        cols.append(Column(f"latency_{lc}_p50_s", "p50", f"Latency · {lc}", "latency_p50_s", lc))
-        cols.append(
-            Column(f"latency_{lc}_p90_s", "p90", f"Latency · {lc}", "latency_p90_s", lc, ratio="speedup")
-        )
+        cols.append(Column(latency_key(lc, "p50"), "p50", f"Latency · {lc}"))
+        cols.append(Column(latency_key(lc, "p90"), "p90", f"Latency · {lc}", ratio="speedup"))
     cols += [
-        Column("rtf", "RTF", "Runtime", "rtf", ratio="speedup"),
-        Column("first_inference_s", "first inf.", "Runtime", "first_inference_s"),
-        Column("load_s", "load", "Runtime", "load_s"),
-        Column("peak_rss_bytes", "peak RSS", "Memory", "peak_rss_bytes", ratio="pct"),
-        Column("mcd_db", "mel dist.", "Quality", "mcd_db"),
-        Column("emotion_id_accuracy", "emotion ID", "Quality", "emotion_id_accuracy"),
-        Column("mos", "MOS", "Quality", "mos"),
+        Column("rtf", "RTF", "Runtime", ratio="speedup"),
+        Column("first_inference_s", "first inf.", "Runtime"),
+        Column("load_s", "load", "Runtime"),
+        Column("peak_rss_bytes", "peak RSS", "Memory", ratio="pct"),
+        Column("mcd_db", "mel dist.", "Quality"),
+        Column("emotion_id_accuracy", "emotion ID", "Quality"),
+        Column("mos", "MOS", "Quality"),
     ]
     return tuple(cols)
 
@@ -225,21 +234,23 @@ def _ratio(
 
 
 def _cell(data: ReportData, r: VariantResult, col: Column, ref: Optional[VariantResult]) -> Cell:
-    value = r.value(col.metric, col.length_class) if r.ok or r.latency or r.sizes else None
-    text = fmt_metric(col.metric, value)
-    check = data.verdict.check(r.device, r.variant, col.metric, col.length_class)
-    status = budget = None
+    value = r.value(col.key) if r.ok or r.latency or r.sizes else None
+    text = fmt_metric(col.key, value)
+    check = data.verdict.check(r.device, r.variant, col.key) if data.verdict is not None else None
+    status = budget = disturbed = None
     if check is not None:
-        status = "pass" if check.passed else ("fail" if check.failed else None)  # skipped: no value
-        budget = fmt_limit(col.metric, check.limit)
+        status = CELL_STATUS.get(check.status)
+        budget = fmt_limit(col.key, check.limit)
+        disturbed = check.disturbed
     ratio = note = None
     if ref is not None and ref.variant != r.variant:
-        ratio, note = _ratio(col, value, ref.value(col.metric, col.length_class))
-    if col.metric == "latency_p50_s" and col.length_class in r.latency:
-        note = f"n = {r.latency[col.length_class].n}"
-    if col.metric == "mos" and r.mos_n:
+        ratio, note = _ratio(col, value, ref.value(col.key))
+    m = col.metric
+    if m.stat == "p50" and m.length_class in r.latency:
+        note = f"n = {r.latency[m.length_class].n}"
+    if col.key == "mos" and r.mos_n:
         note = f"{r.mos_n} listeners"
-    return Cell(value=value, text=text, status=status, budget=budget, note=note, ratio=ratio)
+    return Cell(value, text, status=status, budget=budget, note=note, ratio=ratio, disturbed=disturbed)
 
 
 def comparison_table(data: ReportData, device: str) -> ComparisonTable:
@@ -255,6 +266,7 @@ def comparison_table(data: ReportData, device: str) -> ComparisonTable:
             error=r.error,
             throttled=r.throttled,
             hot=r.hot,
+            disturbed=r.disturbed,
             cells=tuple(_cell(data, r, c, ref) for c in columns),
         )
         for r in results
@@ -273,17 +285,14 @@ def comparison_tables(data: ReportData) -> Tuple[ComparisonTable, ...]:
 
 @dataclass(frozen=True)
 class Matrix:
-    metric: str
-    length_class: str
+    metric: str  # a harness.vocabulary.METRICS key
     devices: Tuple[str, ...]
     rows: Tuple[Tuple[str, Tuple[Cell, ...]], ...]  # (variant, one cell per device)
 
 
-def headline_matrix(
-    data: ReportData, metric: str = "latency_p90_s", length_class: str = HEADLINE_CLASS
-) -> Matrix:
+def headline_matrix(data: ReportData, metric: str = HEADLINE_METRIC) -> Matrix:
     devices = data.device_names  # planned devices too: a device with nothing measured shows "not run"
-    col = Column(f"latency_{length_class}_p90_s", "p90", "", metric, length_class, ratio="speedup")
+    col = Column(metric, METRICS[metric].stat or "", "", ratio="speedup")
     rows = []
     for variant in data.variant_names:
         cells = []
@@ -298,7 +307,7 @@ def headline_matrix(
                 cell = Cell(value=None, text=r.status, status="fail")
             cells.append(cell)
         rows.append((variant, tuple(cells)))
-    return Matrix(metric=metric, length_class=length_class, devices=devices, rows=tuple(rows))
+    return Matrix(metric=metric, devices=devices, rows=tuple(rows))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -347,7 +356,7 @@ def _measured(data: ReportData, device: str, m: ArticleMethod) -> Optional[Measu
     size_change = speed_change = None
     if r.size_bytes and ref.size_bytes:
         size_change = r.size_bytes / ref.size_bytes - 1.0
-    rp, op = r.value("latency_p90_s"), ref.value("latency_p90_s")
+    rp, op = r.value(HEADLINE_METRIC), ref.value(HEADLINE_METRIC)
     if rp and op:
         speed_change = op / rp - 1.0
     return Measured(
@@ -402,13 +411,13 @@ def to_csv(tables: Iterable[ComparisonTable]) -> str:
             header.append(f"{c.key}_speedup_x")
         elif c.ratio == "pct":
             header.append(f"{c.key}_fraction_of_original")
-    header += ["budget_failures", "throttled", "hot", "error"]
+    header += ["budget_failures", "budget_disturbed", "throttled", "hot", "disturbed", "error"]
     writer.writerow(header)
     for t in tables:
         index = {c.key: i for i, c in enumerate(t.columns)}
         for row in t.rows:
             line = [t.device, row.variant, row.status]
-            failures = []
+            failures, disturbed = [], []
             for c in columns:
                 cell = row.cells[index[c.key]] if c.key in index else None
                 line.append(_csv_number(cell.value) if cell else "")
@@ -416,7 +425,10 @@ def to_csv(tables: Iterable[ComparisonTable]) -> str:
                     line.append(_csv_number(cell.ratio) if cell and cell.ratio is not None else "")
                 if cell is not None and cell.status == "fail":
                     failures.append(f"{c.key} {cell.budget}")
-            line += ["; ".join(failures), str(row.throttled).lower(), str(row.hot).lower(), row.error or ""]
+                if cell is not None and cell.status == "disturbed":
+                    disturbed.append(f"{c.key} {cell.budget}")
+            line += ["; ".join(failures), "; ".join(disturbed), str(row.throttled).lower(),
+                     str(row.hot).lower(), row.disturbed or "", row.error or ""]  # fmt: skip
             writer.writerow(line)
     return buf.getvalue()
 
@@ -439,18 +451,21 @@ def to_markdown(tables: Iterable[ComparisonTable], title: Optional[str] = None) 
             name = row.variant if row.status == "ok" else f"{row.variant} ({row.status})"
             if row.throttled or row.hot:
                 name += " ⚠"
+            if row.disturbed:
+                name += " (disturbed)"
             parts = [name]
             for cell in row.cells:
                 text = cell.text
                 if cell.mark:
-                    text = f"{cell.mark} {text} ({cell.budget})"
+                    why = ", disturbed" if cell.status == "disturbed" else ""
+                    text = f"{cell.mark} {text} ({cell.budget}{why})"
                 if cell.note:
                     text += f" · {cell.note}"
                 parts.append(text)
             lines.append("| " + " | ".join(_md_escape(p) for p in parts) + " |")
         lines.append("")
     lines.append(
-        "✓ budget met · ✗ budget failed · × (speed-up) and % are against `original` on the same device · "
-        "⚠ throttled or hot"
+        "✓ budget met · ✗ budget failed · ⚠ over budget on a disturbed measurement (measure again) · "
+        "× (speed-up) and % are against `original` on the same device · ⚠ after a variant: throttled or hot"
     )
     return "\n".join(lines) + "\n"

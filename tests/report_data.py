@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from harness.budgets import default_budgets
+from harness.verdict import Check, Comparison, Unmeasured, Verdict
+from harness.vocabulary import LENGTH_CLASSES, METRICS
 from reports.model import (
-    LENGTH_CLASSES,
     Attempt,
     AudioClip,
     DeviceInfo,
@@ -23,9 +24,7 @@ from reports.model import (
     Sample,
     TrendPoint,
     VariantResult,
-    budget_lines_from_gate,
-    regressions_from_gate,
-    verdict_from_gate,
+    budget_lines,
 )
 
 VARIANTS = ("original", "pruned", "quantized", "pruned+quantized", "unstructured", "distilled")
@@ -47,26 +46,24 @@ DEVICES = {  # device -> (seconds per phone for original acoustic, vocoder RTF)
 }
 MIB = 2**20
 BASELINE = "20261122-020000-0008"
-COMPARISONS = [  # as harness.regress writes them
-    {"device": "pi4", "variant": "quantized", "length_class": "short", "baseline_run_id": BASELINE,
-     "n_baseline": 30, "n_candidate": 30, "baseline_median": 0.262, "candidate_median": 0.294,
-     "ratio": 1.122, "ci_low": 1.071, "ci_high": 1.183, "p_value": 0.0004, "verdict": "regressed"},
-    {"device": "pi4", "variant": "pruned", "length_class": "short", "baseline_run_id": BASELINE,
-     "n_baseline": 30, "n_candidate": 30, "baseline_median": 0.311, "candidate_median": 0.305,
-     "ratio": 0.981, "ci_low": 0.944, "ci_high": 1.021, "p_value": 0.41, "verdict": "unchanged"},
-    {"device": "n100", "variant": "pruned+quantized", "length_class": "short", "baseline_run_id": BASELINE,
-     "n_baseline": 30, "n_candidate": 30, "baseline_median": 0.071, "candidate_median": 0.064,
-     "ratio": 0.90, "ci_low": 0.86, "ci_high": 0.94, "p_value": 0.002, "verdict": "improved"},
-]  # fmt: skip
+
+def _comparison(device, variant, base, cand, ratio, ci_low, ci_high, p, verdict) -> Comparison:
+    """A comparison as harness.regress makes it (medians in seconds)."""
+    return Comparison(device, None, BASELINE, None, variant, "short", 30, 30, base, cand, ratio, ci_low,
+                      ci_high, p, verdict)  # fmt: skip
 
 
-def _check(
-    device: str, variant: str, metric: str, value: float, budget: float, higher_is_better=False
-) -> dict:
-    """A budget check as harness.gate writes it (its metric names and units)."""
-    ok = value >= budget if higher_is_better else value <= budget
-    return {"metric": metric, "device": device, "variant": variant, "value": value, "budget": budget,
-            "status": "pass" if ok else "fail", "message": f"{metric} = {value:.4g}"}  # fmt: skip
+COMPARISONS = (
+    _comparison("pi4", "quantized", 0.262, 0.294, 1.122, 1.071, 1.183, 0.0004, "regressed"),
+    _comparison("pi4", "pruned", 0.311, 0.305, 0.981, 0.944, 1.021, 0.41, "unchanged"),
+    _comparison("n100", "pruned+quantized", 0.071, 0.064, 0.90, 0.86, 0.94, 0.002, "improved"),
+)
+
+
+def _check(device: str, variant: str, metric: str, value: float, limit: float) -> Check:
+    """A budget check as harness.gate makes it (metric key, values in the metric's unit)."""
+    status = "pass" if METRICS[metric].meets(value, limit) else "fail"
+    return Check(metric, device, variant, value, limit, status, message=f"{metric} = {value:.4g}")
 
 
 def _nearest_rank(values: List[float], q: float) -> float:
@@ -111,7 +108,7 @@ def make_report_data(
     rng = random.Random(seed)
     results: List[VariantResult] = []
     samples: Dict[Tuple[str, str], Tuple[Sample, ...]] = {}
-    checks: List[dict] = []  # as harness.gate writes them (its metric names and units)
+    checks: List[Check] = []
     attempts: List[Attempt] = []
     for device in DEVICES:
         for variant in VARIANTS:
@@ -169,30 +166,11 @@ def make_report_data(
             results.append(r)
             attempts.append(Attempt(device, variant, "ok", None, throttled=throttled, hot=throttled))
             checks += [
-                _check(device, variant, "latency_p90_ms_short", latency["short"].p90_s * 1e3, 800.0),
-                _check(device, variant, "acoustic_size_mb", ac_mb, 100.0),
-                _check(device, variant, "peak_rss_mib", r.peak_rss_bytes / MIB, 512.0),
-                _check(device, variant, "emotion_id_accuracy", emo, 0.9, higher_is_better=True),
+                _check(device, variant, "latency_short_p90_s", latency["short"].p90_s, 0.8),
+                _check(device, variant, "size_acoustic_bytes", ac_mb * 1e6, 100e6),
+                _check(device, variant, "peak_rss_bytes", r.peak_rss_bytes, 512.0 * MIB),
+                _check(device, variant, "emotion_id_accuracy", emo, 0.9),
             ]
-    gate_verdict = {
-        "format": "edgebench.verdict",
-        "version": 1,
-        "outcome": "could_not_measure",
-        "outcomes": ["could_not_measure", "budget_failed", "regressed"],
-        "exit_code": 2,
-        "checks": checks,
-        "unmeasured": [
-            {"device": "n100", "variant": "distilled", "status": "timeout",
-             "error": "measurement exceeded its timeout (900 s)"}
-        ],
-        "regressions": [c for c in COMPARISONS if c["verdict"] == "regressed"],
-        "comparisons": COMPARISONS,
-        "baselines": {"pi4": BASELINE, "n100": BASELINE},
-        "warnings": [],
-        "budgets": default_budgets().to_dict(),
-    }  # fmt: skip
-    verdict = verdict_from_gate(gate_verdict)
-    regressions = tuple(regressions_from_gate(gate_verdict))
     history = []
     for i in range(10):
         rid = f"202611{14 + i:02d}-020000-{i:04x}"
@@ -207,6 +185,18 @@ def make_report_data(
                 )
                 history.append(TrendPoint(rid, f"2026-11-{14 + i:02d}T02:00:00Z", device, variant, value))
     run_id = history[-1].run_id
+    verdict = Verdict(
+        run_id=run_id,
+        outcome="could_not_measure",
+        outcomes=("could_not_measure", "budget_failed", "regressed"),
+        checks=tuple(checks),
+        comparisons=COMPARISONS,
+        unmeasured=(
+            Unmeasured("n100", "distilled", "timeout", "measurement exceeded its timeout (900 s)"),
+        ),
+        baselines={"pi4": BASELINE, "n100": BASELINE},
+        budgets=default_budgets().to_dict(),
+    )
     devices = (
         DeviceInfo(
             "pi4",
@@ -242,10 +232,9 @@ def make_report_data(
         samples=samples,
         devices=devices,
         attempts=tuple(attempts),
-        regressions=regressions,
         history=tuple(history),
         audio=tuple(audio),
-        budgets=tuple(budget_lines_from_gate(gate_verdict["budgets"])),
+        budgets=tuple(budget_lines(verdict.budgets)),
     )
 
 

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.budgets import (
-    BUDGETS_VERSION,
-    DEFAULT_BUDGETS,
-    METRICS,
-    Budgets,
-    default_budgets,
-    load_budgets,
-)
+from harness.budgets import BUDGETS_VERSION, Budgets, default_budgets, load_budgets
 from harness.errors import ConfigError
+from harness.vocabulary import BUDGET_METRICS, DEFAULT_BUDGETS, LOWER, METRICS
 
 
 def write(tmp_path, text: str):
@@ -29,13 +23,16 @@ def test_defaults_are_the_articles_targets():
     assert b.limit("mos") == 3.8
     assert b.limit("emotion_id_accuracy") == 0.90
     assert b.limit("rtf") is None
-    assert set(DEFAULT_BUDGETS) <= set(METRICS)
+    assert set(DEFAULT_BUDGETS) <= set(BUDGET_METRICS)
     assert b.regression.min_ratio == 1.05 and b.regression.alpha == 0.01
 
 
-def test_every_metric_has_a_unit_and_direction():
-    for m in METRICS.values():
-        assert m.direction in ("max", "min") and m.unit and m.description
+def test_budget_names_and_units_come_from_the_metric_registry():
+    for name, m in BUDGET_METRICS.items():
+        assert METRICS[m.key] is m and m.budget_key == name and m.description
+    p90 = BUDGET_METRICS["latency_p90_ms_short"]
+    assert (p90.key, p90.better, p90.from_display(800.0)) == ("latency_short_p90_s", LOWER, 0.8)
+    assert BUDGET_METRICS["peak_rss_mib"].from_display(512) == 512 * 2**20
 
 
 def test_overrides_precedence(tmp_path):

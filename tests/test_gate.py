@@ -25,11 +25,22 @@ def st(tmp_path):
         yield s
 
 
+def disturb(record, reason="other processes had 40 % of the CPU"):
+    """A record whose first process was disturbed and never measured clean again (the store's flags)."""
+    record["disturbed"] = True
+    record["processes"][0].update(disturbed=True, disturbed_reason=reason)
+    return record
+
+
 def add_run(st, *, seed=0, slowdown=None, rss=None, statuses=None, devices=("pi4-a",), manifests=None,
-            classes=("short", "medium", "long"), budgets=None):
-    """One run; per-variant slowdown / peak RSS / attempt status (None: no attempt at all)."""
+            classes=("short", "medium", "long"), budgets=None, disturbed=(), budget_class=None, config=None):
+    """One run; per-variant slowdown / peak RSS / attempt status (None: no attempt at all) / disturbed.
+
+    ``budget_class``: stored in every attempt's identity (as the orchestrator records it); None: the
+    identity has no ``budget_class`` key (a run stored before classes were recorded).
+    """
     slowdown, rss, statuses = slowdown or {}, rss or {}, statuses or {}
-    rid = st.start_run({}, (budgets or default_budgets()).to_dict(), "test", "tiny", list(VARIANTS),
+    rid = st.start_run(config or {}, (budgets or default_budgets()).to_dict(), "test", "tiny", list(VARIANTS),
                        list(devices))
     for v in VARIANTS:
         st.record_artifact(rid, v, f"/artifacts/{v}", (manifests or {}).get(v, make_manifest(v)))
@@ -41,24 +52,32 @@ def add_run(st, *, seed=0, slowdown=None, rss=None, statuses=None, devices=("pi4
             if status in ("ok", "failed"):
                 record = make_record(v, samples_per_class=45, seed=seed, slowdown=slowdown.get(v, 1.0),
                                      peak_rss_bytes=rss.get(v, 312_000_000), classes=classes, status=status)
+                if v in disturbed:
+                    disturb(record)
             error = None if status == "ok" else f"{status}: detail"
-            st.record_attempt(rid, d, make_identity(d), v, status, error, record)
+            identity = make_identity(d)
+            if budget_class is not None:
+                identity["budget_class"] = budget_class
+            st.record_attempt(rid, d, identity, v, status, error, record)
     st.finish_run(rid, "complete")
     return rid
 
 
 def judged(st, rid, **kw):
-    v = gate.evaluate(st, rid, save=True, device_classes={}, **kw)
+    v = gate.evaluate(st, rid, save=True, **kw)
     json.dumps(v.to_dict(), allow_nan=False)   # the verdict is plain JSON
+    assert gate.stored_verdict(st, rid) == v   # and reads back as the same value
     return v
 
 
 def test_first_run_has_no_baseline_and_passes(st):
     v = judged(st, add_run(st))
-    assert v.outcome == "no_baseline" and v.exit_code == 0 and v.outcomes == ["no_baseline"]
+    assert v.outcome == "no_baseline" and v.exit_code == 0 and v.outcomes == ("no_baseline",)
     assert v.baselines == {"pi4-a": None}
-    assert {c.metric for c in v.checks} == {"acoustic_size_mb", "latency_p90_ms_short", "peak_rss_mib", "mos",
-                                            "emotion_id_accuracy"}
+    assert {c.metric for c in v.checks} == {"size_acoustic_bytes", "latency_short_p90_s", "peak_rss_bytes",
+                                            "mos", "emotion_id_accuracy"}
+    assert {c["budget_key"] for c in v.to_dict()["checks"]} == {
+        "acoustic_size_mb", "latency_p90_ms_short", "peak_rss_mib", "mos", "emotion_id_accuracy"}
     mos = [c for c in v.checks if c.metric == "mos"]
     assert all(c.status == "skipped" for c in mos)    # optional: no MOS imported yet
 
@@ -85,15 +104,15 @@ def test_budget_failure_is_exit_1(st):
     v = judged(st, add_run(st, rss={"pruned": 600 * 2**20}))
     assert v.outcome == "budget_failed" and v.exit_code == 1
     failed = v.failed_checks
-    assert [(c.metric, c.variant) for c in failed] == [("peak_rss_mib", "pruned")]
-    assert failed[0].value == pytest.approx(600.0) and failed[0].budget == 512.0
-    assert "violates" in failed[0].message
+    assert [(c.metric, c.variant) for c in failed] == [("peak_rss_bytes", "pruned")]
+    assert failed[0].value == pytest.approx(600 * 2**20) and failed[0].limit == 512 * 2**20
+    assert "peak_rss_mib = 600 MiB" in failed[0].message and "violates budget <= 512 MiB" in failed[0].message
 
 
 def test_budget_failure_and_regression_both_listed(st):
     judged(st, add_run(st, seed=0))
     v = judged(st, add_run(st, seed=1, slowdown={"pruned": 1.2}, rss={"pruned": 600 * 2**20}))
-    assert v.outcome == "budget_failed" and v.outcomes == ["budget_failed", "regressed"] and v.exit_code == 1
+    assert v.outcome == "budget_failed" and v.outcomes == ("budget_failed", "regressed") and v.exit_code == 1
 
 
 @pytest.mark.parametrize("status", ["unreachable", "timeout", "failed", None])
@@ -104,9 +123,99 @@ def test_could_not_measure_is_exit_2_and_wins(st, status):
     assert [(u.variant, u.status) for u in v.unmeasured] == [("pruned", status or "missing")]
 
 
-def test_ineligible_is_reported_not_failed(st):
+def test_an_ineligible_pair_could_not_be_measured(st):
     v = judged(st, add_run(st, statuses={("pi4-a", "pruned"): "ineligible"}))
-    assert v.exit_code == 0 and [u.variant for u in v.ineligible] == ["pruned"] and not v.unmeasured
+    assert v.outcome == "could_not_measure" and v.exit_code == 2
+    assert [(u.variant, u.status, u.allowed) for u in v.unmeasured] == [("pruned", "ineligible", False)]
+
+
+@pytest.mark.parametrize("status", ["ineligible", "unreachable", None])
+def test_allow_unmeasured_lists_the_pair_as_a_warning_and_the_rest_decides(st, status):
+    rid = add_run(st, statuses={("pi4-a", "pruned"): status})
+    v = judged(st, rid, allow_unmeasured=True)
+    assert v.outcome == "no_baseline" and v.exit_code == 0 and v.allow_unmeasured
+    assert [(u.variant, u.allowed) for u in v.unmeasured] == [("pruned", True)]
+    assert any("pi4-a/pruned was not measured" in w and "--allow-unmeasured" in w for w in v.warnings)
+    assert {c.variant for c in v.checks} == {"original"}
+    v = judged(st, add_run(st, statuses={("pi4-a", "pruned"): status}, rss={"original": 600 * 2**20}),
+               allow_unmeasured=True)
+    assert v.outcome == "budget_failed" and v.exit_code == 1   # the measured pair still decides
+
+
+def test_a_run_whose_only_device_is_ineligible_exits_2_even_when_unmeasured_pairs_are_allowed(st):
+    statuses = {("pi4-a", v): "ineligible" for v in VARIANTS}
+    rid = add_run(st, statuses=statuses)
+    assert judged(st, rid).exit_code == 2
+    v = judged(st, rid, allow_unmeasured=True)
+    assert v.outcome == "could_not_measure" and v.exit_code == 2 and not v.checks
+    assert not any(u.allowed for u in v.unmeasured)
+    assert any("nothing was measured" in w for w in v.warnings)
+    assert v.causes()[0].outcome == "could_not_measure"
+
+
+def test_a_failed_timing_budget_on_disturbed_data_is_disturbed_not_budget_failed(st):
+    rid = add_run(st, slowdown={"pruned": 5.0}, rss={"pruned": 600 * 2**20}, disturbed={"pruned"})
+    v = judged(st, rid)
+    assert v.outcome == "disturbed" and v.exit_code == 2 and v.outcomes == ("disturbed", "no_baseline")
+    status = {c.metric: c.status for c in v.checks if c.variant == "pruned"}
+    assert status["latency_short_p90_s"] == status["peak_rss_bytes"] == "disturbed"
+    assert status["size_acoustic_bytes"] == "pass"   # size does not depend on the device's load
+    (p90,) = [c for c in v.disturbed_checks if c.metric == "latency_short_p90_s"]
+    assert "40 % of the CPU" in p90.disturbed and "measure it again" in p90.message
+    assert not v.failed_checks
+    assert [(d.device, d.variant) for d in v.disturbances] == [("pi4-a", "pruned")]
+    assert {c.outcome for c in v.causes()} == {"disturbed", "no_baseline"}
+
+
+def test_a_passed_budget_on_disturbed_data_stays_a_pass_and_is_noted(st):
+    v = judged(st, add_run(st, disturbed={"pruned"}))
+    assert v.outcome == "no_baseline" and v.exit_code == 0
+    p90 = v.check("pi4-a", "pruned", "latency_short_p90_s")
+    assert p90.status == "pass" and "40 % of the CPU" in p90.disturbed
+    assert "measured while disturbed" in p90.message
+    assert v.check("pi4-a", "pruned", "size_acoustic_bytes").disturbed is None
+    assert any("pi4-a/pruned: measured while disturbed" in w for w in v.warnings)
+
+
+def test_size_and_quality_failures_on_disturbed_data_still_fail(st):
+    manifests = {"pruned": make_manifest("pruned", acoustic_bytes=150_000_000, emotion_id_accuracy=0.5)}
+    v = judged(st, add_run(st, manifests=manifests, disturbed={"pruned"}))
+    assert v.outcome == "budget_failed" and v.exit_code == 1
+    assert {c.metric for c in v.failed_checks} == {"size_acoustic_bytes", "emotion_id_accuracy"}
+
+
+def test_a_regression_on_disturbed_data_is_disturbed(st):
+    judged(st, add_run(st, seed=0))
+    v = judged(st, add_run(st, seed=1, slowdown={"pruned": 1.2}, disturbed={"pruned"}))
+    assert v.outcome == "disturbed" and v.exit_code == 2 and "regressed" not in v.outcomes
+    assert not v.regressions
+    slower = [c for c in v.comparisons if c.variant == "pruned"]
+    assert {c.verdict for c in slower} == {"disturbed"}
+    assert all(c.disturbed.startswith("this run: ") for c in slower)
+
+
+def test_a_regression_against_a_disturbed_baseline_is_disturbed(st):
+    first = add_run(st, seed=0, disturbed={"pruned"})
+    assert judged(st, first).exit_code == 0   # a pass on disturbed data: a baseline like any other
+    v = judged(st, add_run(st, seed=1, slowdown={"pruned": 1.2}))
+    assert v.baselines == {"pi4-a": first}
+    assert v.outcome == "disturbed" and not v.regressions
+    slower = [c for c in v.comparisons if c.variant == "pruned"]
+    assert slower and all(c.disturbed.startswith(f"baseline run {first}: ") for c in slower)
+    assert [(d.run_id, d.variant) for d in v.disturbances] == [(first, "pruned")]
+
+
+def test_disturbed_checks_and_comparisons_are_their_own_junit_type(tmp_path, st):
+    judged(st, add_run(st, seed=0))
+    v = judged(st, add_run(st, seed=1, slowdown={"pruned": 5.0}, disturbed={"pruned", "original"}))
+    root = ET.fromstring(gate.junit_xml(v))
+    errors = [e for case in root.iter("testcase") for e in case.findall("error")]
+    assert errors and {e.get("type") for e in errors} == {"disturbed"}
+    assert not list(root.iter("failure"))
+    noted = [case for case in root.iter("testcase") if case.find("system-out") is not None]
+    assert noted and all("measured while disturbed" in case.find("system-out").text for case in noted)
+    props = {p.get("name"): p.get("value") for p in root.find("testsuite").find("properties")}
+    assert (props["outcome"], props["exit_code"]) == ("disturbed", "2")
 
 
 def test_budgeted_metric_without_a_value_could_not_be_measured(tmp_path, st):
@@ -114,7 +223,7 @@ def test_budgeted_metric_without_a_value_could_not_be_measured(tmp_path, st):
     path.write_text("version = 1\n[budgets]\nlatency_p90_ms_long = 5000\n")
     v = judged(st, add_run(st, classes=("short",)), budgets=load_budgets(path))
     missing = [c for c in v.checks if c.status == "not_measured"]
-    assert {c.metric for c in missing} == {"latency_p90_ms_long"} and v.exit_code == 2
+    assert {c.metric for c in missing} == {"latency_long_p90_s"} and v.exit_code == 2
 
 
 def test_mos_and_emotion_budgets(st):
@@ -125,27 +234,54 @@ def test_mos_and_emotion_budgets(st):
     assert failed == {("mos", "pruned"), ("emotion_id_accuracy", "pruned")}
 
 
-def test_class_and_variant_overrides_apply(tmp_path, st):
+def _class_budgets(tmp_path):
     path = tmp_path / "budgets.toml"
     path.write_text("version = 1\n[class.pi4]\npeak_rss_mib = 200\n[variant.pruned]\npeak_rss_mib = 400\n")
-    rid = add_run(st)
-    v = gate.evaluate(st, rid, load_budgets(path), device_classes={"pi4-a": "pi4"})
-    rss = {c.variant: (c.budget, c.status) for c in v.checks if c.metric == "peak_rss_mib"}
-    assert rss == {"original": (200.0, "fail"), "pruned": (400.0, "pass")}
-    assert all(c.device_class == "pi4" for c in v.checks)
+    return load_budgets(path)
+
+
+def _rss_limits(v):
+    return {c.variant: (c.limit / 2**20, c.status) for c in v.checks if c.metric == "peak_rss_bytes"}
+
+
+def test_class_and_variant_overrides_apply_with_the_class_stored_with_the_run(tmp_path, st):
+    rid = add_run(st, budget_class="pi4")
+    v = gate.evaluate(st, rid, _class_budgets(tmp_path), device_classes={"pi4-a": "n100"})
+    assert _rss_limits(v) == {"original": (200.0, "fail"), "pruned": (400.0, "pass")}
+    assert all(c.device_class == "pi4" for c in v.checks)   # the stored class wins over a mapping
+    assert v.device_classes == {"pi4-a": "pi4"}
+
+
+def test_budget_classes_never_come_from_the_current_inventory(tmp_path, st, monkeypatch):
+    """A run stored without classes: an explicit mapping, else the inventory its configuration names."""
+    monkeypatch.chdir(tmp_path)
+    key = tmp_path / "id_ed25519"
+    key.write_text("not a real key\n")
+    key.chmod(0o600)
+    (tmp_path / "devices.toml").write_text(   # today's inventory in the working directory: never read
+        f'[devices.pi4-a]\nhost = "10.0.0.1"\nuser = "pi"\nkey_file = "{key}"\nbudget_class = "pi4"\n')
+    v = gate.evaluate(st, add_run(st), _class_budgets(tmp_path), save=False)
+    assert _rss_limits(v) == {"original": (512.0, "pass"), "pruned": (400.0, "pass")}
+    assert any("no budget class stored" in w for w in v.warnings)
+    v = gate.evaluate(st, add_run(st), _class_budgets(tmp_path), device_classes={"pi4-a": "pi4"}, save=False)
+    assert _rss_limits(v)["original"] == (200.0, "fail")
+    rid = add_run(st, config={"inventory": str(tmp_path / "devices.toml")})
+    v = gate.evaluate(st, rid, _class_budgets(tmp_path), save=False)
+    assert _rss_limits(v)["original"] == (200.0, "fail")
+    assert any("read from" in w and "devices.toml" in w for w in v.warnings)
 
 
 def test_stored_budgets_are_used_by_default(tmp_path, st):
     path = tmp_path / "budgets.toml"
     path.write_text("version = 1\n[budgets]\npeak_rss_mib = 100\n")
-    v = gate.evaluate(st, add_run(st, budgets=load_budgets(path)), device_classes={}, save=False)
+    v = gate.evaluate(st, add_run(st, budgets=load_budgets(path)), save=False)
     assert v.outcome == "budget_failed"
     assert st.verdict(v.run_id) is None   # save=False: a dry run
 
 
 def test_evaluate_saves_the_verdict_by_default(st):
     rid = add_run(st)
-    v = gate.evaluate(st, rid, device_classes={})
+    v = gate.evaluate(st, rid)
     assert st.verdict(rid) == json.loads(json.dumps(v.to_dict()))
 
 
@@ -211,6 +347,25 @@ def test_gate_command_exit_2_and_bad_budgets(tmp_path, capsys):
     assert main(["gate", "--store", str(store), "--run", "nope"]) == 2
 
 
+def test_gate_command_allow_unmeasured_and_disturbed_json(tmp_path, capsys):
+    store = tmp_path / "r.sqlite"
+    with Store(store) as s:
+        rid = add_run(s, statuses={("pi4-a", "pruned"): "ineligible"})
+        only = add_run(s, statuses={("pi4-a", v): "ineligible" for v in VARIANTS})
+        slow = add_run(s, slowdown={"pruned": 5.0}, disturbed={"pruned"})
+    assert main(["gate", "--store", str(store), "--run", rid]) == 2
+    assert main(["gate", "--store", str(store), "--run", rid, "--allow-unmeasured"]) == 0
+    assert main(["gate", "--store", str(store), "--run", only, "--allow-unmeasured"]) == 2
+    capsys.readouterr()
+    assert main(["gate", "--store", str(store), "--run", slow, "--json"]) == 2
+    data = json.loads(capsys.readouterr().out)
+    assert data["outcome"] == "disturbed" and data["exit_code"] == 2 and data["version"] == 2
+    (p90,) = [c for c in data["checks"]
+              if c["variant"] == "pruned" and c["budget_key"] == "latency_p90_ms_short"]
+    assert p90["status"] == "disturbed" and "40 % of the CPU" in p90["disturbed"] and p90["unit"] == "s"
+    assert data["disturbances"][0]["variant"] == "pruned"
+
+
 def test_compare_and_history_json(tmp_path, capsys):
     store = tmp_path / "r.sqlite"
     with Store(store) as s:
@@ -274,5 +429,5 @@ def test_throttled_measurement_is_a_warning(st):
     st.record_artifact(rid, "original", "/artifacts/original", make_manifest("original"))
     st.record_attempt(rid, "pi4-a", make_identity(), "original", "ok", None,
                       make_record(samples_per_class=30, throttled=True))
-    v = gate.evaluate(st, rid, device_classes={})
+    v = gate.evaluate(st, rid)
     assert any("throttled" in w for w in v.warnings) and v.exit_code == 0

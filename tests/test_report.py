@@ -14,18 +14,10 @@ from harness import gate
 from harness.budgets import default_budgets
 from harness.cli import main
 from harness.store import Store
+from harness.verdict import Comparison, Verdict
+from harness.vocabulary import BUDGET_FAILED, COULD_NOT_MEASURE, OUTCOME_ORDER, REGRESSED
 from reports import charts
-from reports.model import (
-    BUDGET_FAILED,
-    COULD_NOT_MEASURE,
-    NO_BASELINE,
-    PASS,
-    REGRESSION,
-    VERDICT_KINDS,
-    AudioClip,
-    Verdict,
-    load_report_data,
-)
+from reports.model import AudioClip, load_report_data
 from reports.render import CSV_FILE, MARKDOWN_FILE, REPORT_FILE, VERDICT_TEXT, render_report, render_run
 
 HOSTILE = "<script>alert(1)</script>"
@@ -121,16 +113,24 @@ def test_a_missing_sample_file_is_reported_not_fatal(tmp_path):
     assert "sample file missing" in text
 
 
-@pytest.mark.parametrize("kind", VERDICT_KINDS)
+@pytest.mark.parametrize("kind", OUTCOME_ORDER)
 def test_every_verdict_kind_has_its_banner(tmp_path, kind):
     data = make_report_data(None, n_per_class=5)
-    verdict = Verdict(kind=kind, exit_code={PASS: 0, NO_BASELINE: 0}.get(kind, 1), causes=())
+    verdict = Verdict(data.run.run_id, kind)
     data = replace(data, verdict=verdict, samples={}, history=())
     text = render_report(data, tmp_path).read_text(encoding="utf-8")
     label = VERDICT_TEXT[kind][0]
     assert f'class="verdict v-{kind}"' in text
     assert f'<div class="label">{label}</div>' in text
     assert f"<title>edgebench · {data.run.run_id} · {label}</title>" in text
+    assert f"exit code {verdict.exit_code}" in text
+
+
+def test_a_run_without_a_stored_verdict_says_so(tmp_path):
+    data = replace(make_report_data(None, n_per_class=5), verdict=None, samples={}, history=())
+    text = render_report(data, tmp_path).read_text(encoding="utf-8")
+    assert 'class="verdict v-none"' in text and "No verdict" in text and "edgebench gate --run" in text
+    assert "exit code" not in text and 'aria-label="pass"' not in text  # no budget marks without a verdict
 
 
 def test_charts_use_ascii_labels_without_a_cjk_font(monkeypatch):
@@ -197,7 +197,7 @@ def test_report_data_from_a_real_store(store_run):
     store, run_id = store_run
     data = load_report_data(store, run_id)
     assert data.run.run_id == run_id and data.run.status == "incomplete"
-    assert data.verdict.kind == COULD_NOT_MEASURE and data.verdict.exit_code == 2
+    assert data.verdict.outcome == COULD_NOT_MEASURE and data.verdict.exit_code == 2
     orig = data.result("pi4-a", "original")
     assert orig.ok and orig.throttled
     assert set(orig.latency) == {"short", "medium", "long"}
@@ -213,16 +213,17 @@ def test_report_data_from_a_real_store(store_run):
     assert data.devices[0].facts_before["cpu_model"] == "Cortex-A72"
     assert {p.run_id for p in data.history} == {"20261122-020000-0000", run_id}
     assert {(c.variant, c.emotion) for c in data.audio} >= {("original", "happy"), ("quantized", "neutral")}
-    # The gate's verdict, in the report's units: checks in SI, causes naming device/variant/metric.
+    # The verdict the gate stored: checks in the metrics' units, causes naming device/variant/metric.
+    assert data.verdict == gate.stored_verdict(store, run_id)
     assert data.verdict.baselines == {"pi4-a": "20261122-020000-0000"}
-    kinds = {(c.kind, c.variant) for c in data.verdict.causes}
-    assert {(COULD_NOT_MEASURE, "quantized"), (BUDGET_FAILED, "original"), (REGRESSION, "original")} <= kinds
-    check = data.verdict.check("pi4-a", "original", "latency_p90_s", "short")
-    assert check.failed and check.limit == pytest.approx(0.8)
+    kinds = {(c.outcome, c.variant) for c in data.verdict.causes()}
+    assert {(COULD_NOT_MEASURE, "quantized"), (BUDGET_FAILED, "original"), (REGRESSED, "original")} <= kinds
+    check = data.verdict.check("pi4-a", "original", "latency_short_p90_s")
+    assert check.status == "fail" and check.limit == pytest.approx(0.8)
     assert check.value == pytest.approx(orig.latency["short"].p90_s)
     rss = data.verdict.check("pi4-a", "pruned", "peak_rss_bytes")
     assert rss.passed and rss.limit == 512 * 2**20
-    regressed = [r for r in data.regressions if r.regressed]
+    regressed = [r for r in data.comparisons if r.regressed]
     assert {(r.variant, r.length_class) for r in regressed} >= {("original", "short")}
     assert all(r.ratio > 4 and r.p_value < 0.01 for r in regressed)
     assert any(b.metric == "latency_p90_ms_short" and b.limit == "≤ 800 ms" for b in data.budgets)
@@ -265,8 +266,7 @@ def test_cli_without_a_store_is_one_line_exit_2(tmp_path, capsys):
 
 def test_regression_verdict_names_the_ratio(tmp_path):
     data = make_report_data(None, n_per_class=5)
-    causes = tuple(c for c in data.verdict.causes if c.kind == REGRESSION)
-    verdict = Verdict(REGRESSION, 1, causes=causes)
+    verdict = Verdict(data.run.run_id, REGRESSED, comparisons=data.verdict.comparisons)
     data = replace(data, verdict=verdict, samples={}, history=())
     text = render_report(data, tmp_path).read_text(encoding="utf-8")
     assert "pi4 · quantized" in text and "short sentences: median 1.12× the baseline" in text
@@ -279,6 +279,9 @@ def test_a_run_where_nothing_was_measured_still_renders(tmp_path):
             run_id, "pi4-a", None, "original", "unreachable", "ssh: timed out after 10 s", None
         )
         store.finish_run(run_id, "incomplete")
+        text = render_run(store, run_id, tmp_path / "none").read_text(encoding="utf-8")
+        assert 'class="verdict v-none"' in text  # never gated: the report does not judge it itself
+        gate.evaluate(store, run_id)
         text = render_run(store, run_id, tmp_path / "out").read_text(encoding="utf-8")
     assert 'class="verdict v-could_not_measure"' in text
     assert "ssh: timed out after 10 s" in text
@@ -297,15 +300,65 @@ def test_a_failed_attempt_that_a_retry_fixed_says_so(store_run, tmp_path):
 
 def test_an_insufficient_comparison_without_a_ratio_renders(tmp_path):
     """harness.regress leaves ratio, CI and p empty when a side has fewer than min_samples samples."""
-    from reports.model import regressions_from_gate
-
-    insufficient = {"device": "pi4", "variant": "pruned", "length_class": "long", "baseline_run_id": "b",
-                    "n_baseline": 6, "n_candidate": 6, "baseline_median": None, "candidate_median": None,
-                    "ratio": None, "ci_low": None, "ci_high": None, "p_value": None,
-                    "verdict": "insufficient"}
-    (reg,) = regressions_from_gate({"comparisons": [insufficient]})
-    assert reg.ratio is None and reg.verdict == "insufficient"
+    nan = float("nan")
+    reg = Comparison("pi4", None, "b", None, "pruned", "long", 6, 6, nan, nan, nan, nan, nan, nan,
+                     "insufficient")
+    assert reg.ratio is None and reg.to_dict()["baseline_median"] is None
     data = make_report_data(None, n_per_class=5)
-    data = replace(data, regressions=data.regressions + (reg,))
-    text = render_report(data, tmp_path).read_text(encoding="utf-8")
+    verdict = replace(data.verdict, comparisons=data.verdict.comparisons + (reg,))
+    text = render_report(replace(data, verdict=verdict), tmp_path).read_text(encoding="utf-8")
     assert "too few samples" in text
+
+
+def test_the_report_never_judges_the_run(store_run, tmp_path, monkeypatch):
+    store, run_id = store_run
+
+    def no_judging(*args, **kwargs):
+        raise AssertionError("the report ran the gate")
+
+    monkeypatch.setattr(gate, "evaluate", no_judging)
+    text = render_run(store, run_id, tmp_path / "out").read_text(encoding="utf-8")
+    assert 'class="verdict v-could_not_measure"' in text
+
+
+def test_cli_gate_judges_and_stores_first_and_baseline_needs_it(tmp_path, capsys):
+    store = tmp_path / "results.sqlite"
+    with Store(store) as st:
+        run_id = st.start_run({}, default_budgets().to_dict(), "test", "tiny", ["original"], ["pi4-a"])
+        st.record_artifact(run_id, "original", "/artifacts/original", make_manifest("original"))
+        st.record_attempt(run_id, "pi4-a", make_identity(), "original", "ok", None, make_record())
+    out = tmp_path / "out"
+    assert main(["report", "--store", str(store), "--out", str(out)]) == 0
+    assert "no stored verdict" in capsys.readouterr().err
+    assert 'class="verdict v-none"' in (out / REPORT_FILE).read_text(encoding="utf-8")
+    assert main(["report", "--store", str(store), "--out", str(out), "--baseline", run_id]) == 2
+    assert "add --gate" in capsys.readouterr().err
+    assert main(["report", "--store", str(store), "--out", str(out), "--gate"]) == 0
+    with Store(store) as st:
+        assert st.verdict(run_id)["outcome"] == "no_baseline"
+    assert 'class="verdict v-no_baseline"' in (out / REPORT_FILE).read_text(encoding="utf-8")
+
+
+def test_disturbed_measurements_are_marked_in_the_table_and_the_banner(tmp_path):
+    with Store(tmp_path / "results.sqlite") as store:
+        run_id = store.start_run({}, default_budgets().to_dict(), "test", "tiny", ["original", "pruned"],
+                                 ["pi4-a"])  # fmt: skip
+        for variant, slowdown in (("original", 5.0), ("pruned", 1.0)):
+            store.record_artifact(run_id, variant, f"/artifacts/{variant}", make_manifest(variant))
+            record = make_record(variant, slowdown=slowdown)
+            record["disturbed"] = True
+            record["processes"][1].update(disturbed=True, disturbed_reason="a backup job took 2 cores")
+            store.record_attempt(run_id, "pi4-a", make_identity(), variant, "ok", None, record)
+        verdict = gate.evaluate(store, run_id)
+        assert verdict.outcome == "disturbed"
+        data = load_report_data(store, run_id)
+        text = render_run(store, run_id, tmp_path / "out").read_text(encoding="utf-8")
+        csv_text = (tmp_path / "out" / CSV_FILE).read_text(encoding="utf-8")
+    assert "a backup job took 2 cores" in data.result("pi4-a", "pruned").disturbed
+    banner = text[text.index('id="verdict"') : text.index('id="overview"')]
+    assert 'class="verdict v-disturbed"' in text and "exit code 2" in banner
+    assert "Latency p90 (short) = " in banner and "disturbed: process 1: a backup job took 2 cores" in banner
+    assert '<ul class="disturbances">' in banner
+    assert text.count('<span class="tag warn disturbed"') == 2  # both rows of the comparison table
+    assert '<span class="mark" aria-label="disturbed">⚠</span>' in text
+    assert "budget_disturbed" in csv_text and "a backup job took 2 cores" in csv_text

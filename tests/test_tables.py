@@ -8,8 +8,9 @@ import io
 import pytest
 from report_data import make_report_data
 
+from harness.verdict import Check, Verdict
 from reports import tables
-from reports.model import BudgetCheck, LatencyStats, ReportData, RunInfo, VariantResult, Verdict
+from reports.model import LatencyStats, ReportData, RunInfo, VariantResult
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,8 @@ def test_formatting(fmt, value, text):
 
 
 def test_limits_show_direction():
-    assert tables.fmt_limit("latency_p90_s", 0.8) == "≤ 800 ms"
+    assert tables.fmt_limit("latency_short_p90_s", 0.8) == "≤ 800 ms"
+    assert tables.fmt_limit("peak_rss_bytes", 512 * 2**20) == "≤ 512 MiB"
     assert tables.fmt_limit("emotion_id_accuracy", 0.9) == "≥ 90.0 %"
     assert tables.fmt_limit("mos", 3.8) == "≥ 3.80"
 
@@ -129,7 +131,7 @@ def test_markdown_marks_every_checked_cell(data):
 
 def test_markdown_escapes_pipes_in_names():
     r = VariantResult("dev|1", "a|b", latency={"short": LatencyStats(n=3, p50_s=0.1, p90_s=0.2)})
-    data = ReportData(run=RunInfo("r"), verdict=Verdict("pass", 0), results=(r,))
+    data = ReportData(run=RunInfo("r"), verdict=Verdict("r", "pass"), results=(r,))
     md = tables.to_markdown(tables.comparison_tables(data))
     assert "a\\|b" in md and "dev\\|1" in md
 
@@ -150,13 +152,34 @@ def test_article_claims_compare_measured_change_with_the_claim(data):
 def test_without_original_there_are_no_ratios():
     r = VariantResult("d", "pruned", sizes={"acoustic": 10}, latency={"short": LatencyStats(3, 0.1, 0.2)})
     checks = (
-        BudgetCheck("d", "pruned", "latency_p90_s", 0.2, 0.1, "fail", "short"),
-        BudgetCheck("d", "pruned", "mos", None, 3.8, "skipped"),  # optional, no MOS imported
+        Check("latency_short_p90_s", "d", "pruned", 0.2, 0.1, "fail"),
+        Check("mos", "d", "pruned", None, 3.8, "skipped"),  # optional, no MOS imported
     )
-    data = ReportData(run=RunInfo("r"), verdict=Verdict("budget_failed", 1, checks=checks), results=(r,))
+    data = ReportData(run=RunInfo("r"), verdict=Verdict("r", "budget_failed", checks=checks), results=(r,))
     table = tables.comparison_table(data, "d")
     assert all(c.ratio is None for c in table.rows[0].cells)
     assert _cell(table, "pruned", "latency_short_p90_s").status == "fail"
     mos = _cell(table, "pruned", "mos")
     assert (mos.status, mos.mark, mos.budget, mos.text) == (None, "", "≥ 3.80", "—")
     assert tables.article_claims(data).rows == ()
+
+
+def test_a_disturbed_check_is_its_own_mark_in_html_csv_and_markdown():
+    why = "process 1: other processes had 40 % of the CPU"
+    r = VariantResult("d", "pruned", latency={"short": LatencyStats(30, 0.7, 0.9)},
+                      peak_rss_bytes=300 * 2**20, disturbed=why)
+    checks = (
+        Check("latency_short_p90_s", "d", "pruned", 0.9, 0.8, "disturbed", disturbed=why),
+        Check("peak_rss_bytes", "d", "pruned", 300.0 * 2**20, 512.0 * 2**20, "pass", disturbed=why),
+    )
+    data = ReportData(run=RunInfo("r"), verdict=Verdict("r", "disturbed", checks=checks), results=(r,))
+    table = tables.comparison_table(data, "d")
+    p90, rss = _cell(table, "pruned", "latency_short_p90_s"), _cell(table, "pruned", "peak_rss_bytes")
+    assert (p90.status, p90.mark, p90.disturbed) == ("disturbed", "⚠", why)
+    assert (rss.status, rss.mark) == ("pass", "✓")  # a pass on disturbed data stays a pass
+    assert table.rows[0].disturbed == why and table.rows[0].failed_budgets == 0
+    (row,) = csv.DictReader(io.StringIO(tables.to_csv([table])))
+    assert row["budget_failures"] == "" and row["budget_disturbed"] == "latency_short_p90_s ≤ 800 ms"
+    assert row["disturbed"] == why
+    md = tables.to_markdown([table])
+    assert "pruned (disturbed)" in md and "⚠ 900 ms (≤ 800 ms, disturbed)" in md

@@ -1,11 +1,16 @@
-"""``edgebench gate [--run RUN_ID] [--baseline RUN_ID] [--budgets FILE] [--junit FILE] [--json]``.
+"""``edgebench gate [--run RUN_ID] [--baseline RUN_ID] [--budgets FILE] [--junit FILE] [--json]
+[--allow-unmeasured]``.
 
 Judges a stored run (default: the latest) against budgets and its baseline and exits with the verdict's
-code: 0 every budget met and no regression (also when there is no baseline yet), 1 a budget failed or a
-regression was found, 2 something could not be measured or the input was invalid. The verdict is saved
-in the store, so a passing run becomes the next run's baseline.
+code (``harness.vocabulary.OUTCOMES``): 0 every budget met and no regression (also when there is no
+baseline yet), 1 a budget failed or a regression was found, 2 something could not be measured, a
+failure or regression rests on a disturbed measurement, or the input was invalid. Every planned
+(device, variant) pair that was not measured (ineligible included) makes it 2, unless
+``--allow-unmeasured`` turns those pairs into warnings; a run where nothing was measured is 2 regardless.
+The verdict is saved in the store (the report shows it), so a passing run becomes the next run's baseline.
 
 Budgets: ``--budgets``, else the configuration's ``budgets``, else the budgets stored with the run.
+Budget classes: the ones stored with the run; ``--inventory`` names them only for runs stored without.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from pathlib import Path
 from harness.errors import UserError
 
 NAME = "gate"
-HELP = "Check a run against its budgets and its baseline; exit 0 pass, 1 failed/regressed, 2 not measured."
+HELP = ("Check a run against its budgets and its baseline; exit 0 pass, 1 failed/regressed, "
+        "2 not measured/disturbed.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,12 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budgets", metavar="FILE", type=Path, help="budgets.toml to apply")
     parser.add_argument("--junit", metavar="FILE", type=Path, help="also write JUnit XML here")
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    parser.add_argument("--allow-unmeasured", action="store_true",
+                        help="pairs that were not measured (unreachable, ineligible, ...) are warnings, not "
+                             "exit 2; the measured ones decide (a run with nothing measured is still 2)")
     parser.add_argument("--store", metavar="PATH", type=Path,
                         help="results store (default: .edgebench/results.sqlite)")
     parser.add_argument("--config", metavar="FILE", type=Path,
                         help="edgebench.toml (default: ./edgebench.toml if present)")
     parser.add_argument("--inventory", metavar="FILE", type=Path,
-                        help="devices.toml for the devices' budget classes (default: the run's)")
+                        help="devices.toml naming budget classes for runs stored without them")
 
 
 def gate(
@@ -45,8 +54,10 @@ def gate(
     store: Path | None = None,
     config: Path | None = None,
     inventory: Path | None = None,
+    allow_unmeasured: bool = False,
 ):
-    """Evaluate, save the verdict in the store, write JUnit if asked; returns the ``harness.gate.Verdict``."""
+    """Evaluate, save the verdict in the store, write JUnit if asked; returns the verdict
+    (``harness.verdict.Verdict``)."""
     from harness import gate as gate_mod
     from harness.budgets import load_budgets
     from harness.config import load_config, open_existing_store
@@ -54,14 +65,16 @@ def gate(
     cfg = load_config(config) if (config is not None or budgets is None) else None
     budgets_path = budgets if budgets is not None else (cfg.budgets if cfg is not None else None)
     inventory_path = inventory if inventory is not None else (cfg.inventory if cfg is not None else None)
-    device_classes = None
+    device_classes = None  # the run's stored classes; an explicit --inventory only fills the gaps
     known_classes = None
     if inventory_path is not None:
         from devices.inventory import load_inventory
 
         inv = load_inventory(inventory_path)
-        device_classes = {name: d.budget_class for name, d in inv.devices.items()}
-        known_classes = {c for c in device_classes.values() if c}
+        classes = {name: d.budget_class for name, d in inv.devices.items()}
+        known_classes = {c for c in classes.values() if c}
+        if inventory is not None:
+            device_classes = classes
     with open_existing_store(store, config) as st:
         run_id = run or st.latest_run_id()
         if run_id is None:
@@ -74,7 +87,7 @@ def gate(
             budget_set = load_budgets(budgets_path, device_classes=known_classes,
                                       variants=set(BUILTIN_VARIANTS) | set(stored["variants"]))
         verdict = gate_mod.evaluate(st, run_id, budget_set, baseline, device_classes=device_classes,
-                                    save=True)
+                                    allow_unmeasured=allow_unmeasured, save=True)
     if junit is not None:
         gate_mod.write_junit(verdict, junit)
     return verdict
@@ -90,26 +103,33 @@ def print_verdict(verdict, file=None) -> None:
     for w in verdict.warnings:
         err.print(f"[bold red]WARNING:[/] {w}")
     if verdict.unmeasured:
-        t = Table(title="Could not measure")
-        for col in ("device", "variant", "status", "error"):
+        t = Table(title="Not measured")
+        for col in ("device", "variant", "status", "error", "counts"):
             t.add_column(col)
         for u in verdict.unmeasured:
-            t.add_row(u.device, u.variant, u.status, u.error or "")
+            t.add_row(u.device, u.variant, u.status, u.error or "",
+                      "no (--allow-unmeasured)" if u.allowed else "[bold yellow]could not measure[/]")
         out.print(t)
     if verdict.checks:
         t = Table(title=f"Budgets — run {verdict.run_id}")
-        for col in ("device", "variant", "metric", "value", "budget", "result"):
-            t.add_column(col, justify="right" if col in ("value", "budget") else "left")
-        order = {"fail": 0, "not_measured": 1, "pass": 2, "skipped": 3}
-        for c in sorted(verdict.checks, key=lambda c: order.get(c.status, 4)):
-            op = "<=" if c.direction == "max" else ">="
-            value = "—" if c.value is None else f"{c.value:.4g} {c.unit}"
-            style = {"pass": "green", "fail": "bold red", "not_measured": "bold yellow"}.get(c.status, "dim")
-            t.add_row(c.device, c.variant, c.metric, value, f"{op} {c.budget:.4g} {c.unit}",
-                      f"[{style}]{c.status}[/]")
+        for col in ("device", "variant", "budget", "value", "limit", "result"):
+            t.add_column(col, justify="right" if col in ("value", "limit") else "left")
+        order = {s: i for i, s in enumerate(("fail", "disturbed", "not_measured", "pass", "skipped"))}
+        styles = {"pass": "green", "fail": "bold red", "not_measured": "bold yellow",
+                  "disturbed": "bold yellow"}
+        for c in sorted(verdict.checks, key=lambda c: order.get(c.status, len(order))):
+            m = c.spec
+            result = f"[{styles.get(c.status, 'dim')}]{c.status}[/]"
+            if c.disturbed and c.passed:
+                result += " (disturbed)"
+            t.add_row(c.device, c.variant, m.budget_key or c.metric, m.display_text(c.value),
+                      f"{m.op} {m.display_text(c.limit)}", result)
         out.print(t)
     if verdict.comparisons:
         print_comparisons(verdict.comparisons, out, title="Regressions against the baseline")
+    for d in verdict.disturbances:
+        where = "" if d.run_id == verdict.run_id else f" (baseline run {d.run_id})"
+        out.print(f"[bold yellow]disturbed[/] {d.device}/{d.variant}{where}: {d.reason}")
     for device, base in sorted(verdict.baselines.items()):
         if base is None:
             out.print(f"{device}: no baseline (first passing run on this device identity?)")
@@ -124,13 +144,15 @@ def print_comparisons(comparisons, out, title: str) -> None:
     for col in ("device", "variant", "class", "n", "baseline p50", "p50", "ratio", "95% CI", "p", "verdict"):
         t.add_column(col, justify="left" if col in ("device", "variant", "class", "verdict") else "right")
     for c in comparisons:
-        style = {"regressed": "bold red", "improved": "green", "insufficient": "yellow"}.get(c.verdict, "")
-        ratio = "—" if c.ratio != c.ratio else f"{c.ratio:.3f}"
-        ci = "—" if c.ci_low != c.ci_low else f"{c.ci_low:.3f}–{c.ci_high:.3f}"
-        p = "—" if c.p_value != c.p_value else f"{c.p_value:.2g}"
-        t.add_row(c.device, c.variant, c.length_class, f"{c.n_baseline}/{c.n_candidate}",
-                  f"{c.baseline_median * 1e3:.1f} ms", f"{c.candidate_median * 1e3:.1f} ms", ratio, ci, p,
-                  f"[{style}]{c.verdict}[/]" if style else c.verdict)
+        style = {"regressed": "bold red", "disturbed": "bold yellow", "improved": "green",
+                 "insufficient": "yellow"}.get(c.verdict, "")
+        ratio = "—" if c.ratio is None else f"{c.ratio:.3f}"
+        ci = "—" if c.ci_low is None or c.ci_high is None else f"{c.ci_low:.3f}–{c.ci_high:.3f}"
+        p = "—" if c.p_value is None else f"{c.p_value:.2g}"
+        base = "—" if c.baseline_median is None else f"{c.baseline_median * 1e3:.1f} ms"
+        cand = "—" if c.candidate_median is None else f"{c.candidate_median * 1e3:.1f} ms"
+        t.add_row(c.device, c.variant, c.length_class, f"{c.n_baseline}/{c.n_candidate}", base, cand, ratio,
+                  ci, p, f"[{style}]{c.verdict}[/]" if style else c.verdict)
     out.print(t)
     counts: dict[str, int] = {}
     for c in comparisons:
@@ -140,7 +162,8 @@ def print_comparisons(comparisons, out, title: str) -> None:
 
 def from_args(args: argparse.Namespace) -> int:
     verdict = gate(run=args.run, baseline=args.baseline, budgets=args.budgets, junit=args.junit,
-                   store=args.store, config=args.config, inventory=args.inventory)
+                   store=args.store, config=args.config, inventory=args.inventory,
+                   allow_unmeasured=args.allow_unmeasured)
     if args.json:
         json.dump(verdict.to_dict(), sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
