@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -278,6 +279,30 @@ def _protocol(source: str, table: Any) -> Protocol:
         message = str(exc)
         key = next((k for k in values if k in message), None)
         raise ConfigError(source, f"protocol.{key}" if key else "protocol", message) from None
+
+
+def check_output_dir(path: str | Path, what: str) -> Path:
+    """``path`` (absolute) if it is a writable directory or can be created as one; else a one-line UserError
+    naming ``what`` (a flag such as ``--out`` or a configuration key). Checked before anything is written,
+    so that a report directory that cannot be written is found before the state directory exists and
+    before anything is measured, not after."""
+    from harness.errors import UserError
+
+    p = Path(path).expanduser().absolute()
+    if p.exists() or p.is_symlink():
+        if not p.is_dir():
+            raise UserError(f"{what}: {path} exists and is not a directory")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise UserError(f"{what}: {path}: the directory is not writable")
+        return p
+    ancestor = p.parent
+    while not (ancestor.exists() or ancestor.is_symlink()) and ancestor.parent != ancestor:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"{what}: {path} cannot be created: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"{what}: {path} cannot be created: {ancestor} is not writable")
+    return p
 
 
 def resolve_store_path(store: str | Path | None = None, config: str | Path | None = None) -> Path:

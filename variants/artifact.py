@@ -305,6 +305,10 @@ def resolve_factory(spec: str):
         module = importlib.import_module(mod_name)
     except ImportError as exc:
         raise ArtifactError(f"model factory {spec!r}: cannot import {mod_name!r} ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module failed while importing: their error
+        text = " ".join(str(exc).split())
+        raise ArtifactError(f"model factory {spec!r}: importing {mod_name!r} raised "
+                            f"{type(exc).__name__}: {text}") from exc
     obj = module
     for part in attr.split("."):
         obj = getattr(obj, part, None)

@@ -35,9 +35,20 @@ def load_factory(spec: str) -> Callable[..., Any]:
         raise VariantsError(f"model = {spec!r}: {str(exc).split(': ', 1)[-1]}") from None
 
 
+def _raised(exc: BaseException) -> str:
+    """``Type: message`` on one line (the CLI prints an expected error as one line)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def build_models(spec: str, config: Optional[Mapping[str, Any]], seed: int) -> Tuple[nn.Module, nn.Module]:
-    """Call the factory and check it returned two modules; both are put in eval mode."""
-    pair = load_factory(spec)(dict(config) if config is not None else None, seed)
+    """Call the factory and check it returned two modules; both are put in eval mode. A factory that
+    raises is the user's error, not edgebench's: VariantsError naming the factory (one line, exit 2)."""
+    factory = load_factory(spec)
+    try:
+        pair = factory(dict(config) if config is not None else None, seed)
+    except Exception as exc:  # noqa: BLE001 - any error of user code is reported, never a traceback
+        raise VariantsError(f"model = {spec!r}: the factory raised {_raised(exc)}") from exc
     ok = isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(m, nn.Module) for m in pair)
     if not ok:
         raise VariantsError(
@@ -54,6 +65,15 @@ def check_conventions(spec: str, config: Optional[Mapping[str, Any]], seed: int 
     acoustic, vocoder = build_models(spec, config, seed)
     inputs = text_to_ids(CHECK_TEXT, emotion="happy").to_tensors()
     where = f"model = {spec!r}"
+    try:
+        _check_outputs(where, acoustic, vocoder, inputs)
+    except VariantsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's model failed on a sentence: their error
+        raise VariantsError(f"{where}: running the model on {CHECK_TEXT!r} raised {_raised(exc)}") from exc
+
+
+def _check_outputs(where: str, acoustic: nn.Module, vocoder: nn.Module, inputs: Mapping[str, Any]) -> None:
     with torch.inference_mode():
         out = acoustic(**inputs)
         mel, durations = getattr(out, "mel", None), getattr(out, "durations", None)

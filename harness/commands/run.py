@@ -105,7 +105,7 @@ def run(
     from harness import gate as gate_mod
     from harness import orchestrate
     from harness.budgets import load_budgets
-    from harness.config import load_config
+    from harness.config import check_output_dir, load_config
     from harness.errors import UserError
     from harness.progress import Progress
     from harness.store import Store
@@ -114,8 +114,11 @@ def run(
 
     cfg = load_config(config_path)
     if resume:
-        state = paths.state_dir()
-        store = Store(store_path or cfg.store or paths.results_db_path(state))
+        state = paths.state_dir(create=False)
+        db = Path(store_path or cfg.store or paths.results_db_path(state))
+        if not db.is_file():  # nothing to resume: say so without creating a store
+            raise UserError(f"--resume {resume}: no results store at {db} (pass --store)")
+        store = Store(db)
         # A resumed run finishes what its stored configuration asked for, whatever the flags say.
         orchestrate.check_resumable(store, resume)
         cfg = load_config(None, data=store.run(resume)["config"], source=f"run {resume}")
@@ -156,6 +159,16 @@ def run(
         device_classes={d.budget_class for d in inventory.devices.values() if d.budget_class},
         variants=[*BUILTIN_VARIANTS, *cfg.recipes, *cfg.variants],
     )
+
+    if report:  # a report directory that cannot be written is bad input: found before anything is written
+        if out is not None:
+            check_output_dir(out, "--out")
+        else:
+            check_output_dir(cfg.out_dir, f"{cfg.source}: out_dir")
+    if cfg.model is not None:  # a factory that cannot be imported, too
+        from variants.plugin import load_factory
+
+        load_factory(cfg.model)
 
     if not resume:
         state = paths.state_dir()
@@ -220,7 +233,13 @@ def run(
             from reports.render import render_run
 
             out_dir = out or Path(cfg.out_dir) / run_id
-            report_path = render_run(store, run_id, out_dir)
+            try:
+                report_path = render_run(store, run_id, out_dir)
+            except OSError as exc:  # a full disk, a folder made read-only meanwhile: the samples are stored
+                where = f" ({exc.filename})" if exc.filename else ""
+                raise UserError(f"{out_dir}: cannot write the report: {exc.strerror or exc}{where}; "
+                                f"run {run_id} is stored: `edgebench report --run {run_id} --out DIR` "
+                                "writes it") from None
 
     elapsed = time.monotonic() - started
     if json_output:
