@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,23 @@ KANTTS_SMALL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "ka
 KANTTS_SMALL_MODEL_DIR = KANTTS_SMALL / "speech_sambert-hifigan_tts_zhitian_emo_zh-cn_16k"
 KANTTS_SMALL_VOICE = KANTTS_SMALL_MODEL_DIR / "voices" / "zhitian_emo"
 KANTTS_SMALL_SPEAKERS = "F7,F74,FBYN,FRXL,M7,xiaoyu"  # am/config.yaml linguistic_unit.speaker_list
+
+
+#: Set (to anything but "" or "0") by .ci/run: there a missing sshd or Chromium FAILS the tests that need it.
+REQUIRE_SERVICES_ENV = "EDGEBENCH_REQUIRE_SERVICES"
+
+
+def require_service(available: bool, what: str) -> None:
+    """The one gate for tests that need a system service (OpenSSH sshd, headless Chromium): nothing when
+    ``available``; else a skip on a developer machine, but a failure where EDGEBENCH_REQUIRE_SERVICES is
+    set (CI), so that a broken setup cannot turn the SSH and browser tests into silent skips."""
+    if available:
+        return
+    message = f"needs {what} (.ci/setup installs it)"
+    if os.environ.get(REQUIRE_SERVICES_ENV, "") not in ("", "0"):
+        pytest.fail(f"{message}; {REQUIRE_SERVICES_ENV} is set, so a missing service fails the test",
+                    pytrace=False)
+    pytest.skip(message)
 
 
 def require_kantts_small() -> Path:
@@ -38,8 +56,7 @@ def ssh_farm(tmp_path):
     works for the CLI, and ``farm.write_inventory(path)`` writes a devices.toml).
     ``farm.unreachable_device()`` gives a port where nothing listens;
     ``farm.kill(name)`` / ``farm.restart(name)`` take one down and bring it back."""
-    if not sshd_available():
-        pytest.skip("needs OpenSSH sshd and ssh-keygen")
+    require_service(sshd_available(), "OpenSSH sshd and ssh-keygen")
     farm = SSHFarm(tmp_path / "sshfarm")
     try:
         farm.add("good-1", trusted=True)
@@ -54,8 +71,7 @@ def ssh_farm(tmp_path):
 def ssh_device(tmp_path):
     """One trusted real sshd on loopback: ``.device``, ``.known_hosts``, ``.state_dir``, ``.transport()``,
     ``.kill()``, ``.restart()``."""
-    if not sshd_available():
-        pytest.skip("needs OpenSSH sshd and ssh-keygen")
+    require_service(sshd_available(), "OpenSSH sshd and ssh-keygen")
     farm = SSHFarm(tmp_path / "sshfarm")
     try:
         farm.add("dev", trusted=True)
