@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-iters", type=int, help="minimum steady-state iterations per process")
     parser.add_argument("--threads", type=int, help="torch threads when measuring (default: torch's)")
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    parser.add_argument("--allow-unmeasured", action="store_true",
+                        help="pairs that could not be measured (ineligible, unreachable, ...) are warnings, "
+                             "not exit 2 (a run with nothing measured is still 2)")
 
 
 def from_args(args: argparse.Namespace) -> int:
@@ -63,6 +66,7 @@ def from_args(args: argparse.Namespace) -> int:
         min_iters=args.min_iters,
         threads=args.threads,
         report=not args.no_report,
+        allow_unmeasured=args.allow_unmeasured,
     )
 
 
@@ -97,6 +101,7 @@ def run(
     min_iters: int | None = None,
     threads: int | None = None,
     report: bool = True,
+    allow_unmeasured: bool = False,
 ) -> int:
     # Imported here so `edgebench --help` stays fast (torch is heavy).
     from devices.bundle import build_bundle
@@ -226,8 +231,8 @@ def run(
         complete = not store.missing_pairs(run_id)
         store.finish_run(run_id, "complete" if complete else "incomplete")
 
-        classes = {d.name: d.budget_class for d in selected}
-        verdict = gate_mod.evaluate(store, run_id, budgets, device_classes=classes)
+        # Budget classes come from the store (each attempt's identity), like any later `edgebench gate`.
+        verdict = gate_mod.evaluate(store, run_id, budgets, allow_unmeasured=allow_unmeasured)
         report_path = None
         if report:
             from reports.render import render_run
