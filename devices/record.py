@@ -256,6 +256,8 @@ def _check_sample(sample: Any, path: str, index: int, classes, sentence_ids=None
     _range(sample, "audio_s", path, 0.0, MAX_SECONDS, low_inclusive=False)
     for key in ("frontend_s", "acoustic_s", "vocoder_s", "total_s"):
         _range(sample, key, path, 0.0, MAX_SECONDS)
+    for key in ("cpu_s", "others_cpu_s", "psi_some_s"):  # CPU seconds of many threads or CPUs
+        _range(sample, key, path, 0.0, MAX_SECONDS * MAX_CORES)
     parts = sample["frontend_s"] + sample["acoustic_s"] + sample["vocoder_s"]
     if abs(sample["total_s"] - parts) > SUM_ABS_TOL_S + SUM_REL_TOL * sample["total_s"]:
         raise _fail(f"{path}.total_s", f"{sample['total_s']!r} is not frontend_s + acoustic_s + vocoder_s "
@@ -288,10 +290,26 @@ def _check_process(proc: Any, path: str, index: int, proto: dict) -> dict:
         raise _fail(f"{path}.stop_reason", f"{proc['stop_reason']!r} is not one of {list(STOP_REASONS)}")
     classes = proto.get("sentences") or LENGTH_CLASSES
     samples = proc["samples"]
-    if len(samples) > proto["max_iters"]:
-        raise _fail(f"{path}.samples", f"{len(samples)} samples but max_iters is {proto['max_iters']}")
     for i, sample in enumerate(samples):
         _check_sample(sample, f"{path}.samples[{i}]", i, classes, proto.get("sentence_ids"))
+    if sum(1 for s in samples if s.get("remeasure_of") is None) > proto["max_iters"]:
+        raise _fail(f"{path}.samples", f"{len(samples)} samples but max_iters is {proto['max_iters']}")
+    for i, sample in enumerate(samples):
+        again = sample.get("remeasure_of")
+        if again is not None:
+            if not isinstance(again, int) or isinstance(again, bool) or not 0 <= again < i \
+                    or samples[again].get("remeasure_of") is not None:
+                raise _fail(f"{path}.samples[{i}].remeasure_of", f"{_show(again)} is not an earlier "
+                                                                   "steady-state iteration")
+            first = samples[again]
+            if (first["sentence_id"], first["emotion"]) != (sample["sentence_id"], sample["emotion"]):
+                raise _fail(f"{path}.samples[{i}]", "a re-measurement of another sentence or emotion")
+        elif any(s.get("remeasure_of") is not None for s in samples[:i]):
+            raise _fail(f"{path}.samples[{i}]", "a steady-state sample after the re-measurements")
+    primary = [s for s in samples if s.get("remeasure_of") is None]
+    if len(samples) - len(primary) > max(2, (len(primary) + 3) // 4):
+        raise _fail(f"{path}.samples", f"{len(samples) - len(primary)} re-measurements of {len(primary)}"
+                                       " samples: more than the budget")
     if proc["status"] == STATUS_OK:
         _check_ok_process(proc, path, proto)
     return proc
@@ -307,7 +325,7 @@ def _check_ok_process(proc: dict, path: str, proto: dict) -> None:
     threads, asked = proc.get("threads"), proto.get("threads")
     if threads is not None and asked is not None and threads != asked:
         raise _fail(f"{path}.threads", f"the worker ran {threads} threads, {asked} were asked for")
-    samples = proc["samples"]
+    samples = [s for s in proc["samples"] if s.get("remeasure_of") is None]  # the steady state
     n = len(samples)
     if n == 0:
         raise _fail(f"{path}.samples", "a process whose status is ok has no samples")

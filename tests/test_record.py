@@ -92,7 +92,7 @@ def test_record_error_is_a_devices_error():
 def test_unknown_version_says_which_versions_are_known():
     record = good()
     record["version"] = 7
-    with pytest.raises(RecordError, match=r"version: 7 is not a known record version \(known: 1\)"):
+    with pytest.raises(RecordError, match=r"version: 7 is not a known record version \(known: 1, 2\)"):
         validate_record(record)
 
 

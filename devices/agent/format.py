@@ -6,6 +6,10 @@ Runs on the device: standard library only, Python 3.8+.
 
 Record versions (bump RECORD_VERSION and keep a line here when the meaning of a field changes):
   1 -- first version (edgebench 0.1).
+  2 -- interference: samples carry cpu_s, others_cpu_s, psi_some_s and ``disturbed``; a disturbed sample
+       is measured again within a budget and the re-measurement appended (``remeasure_of``), so a process
+       may hold more samples than its steady state; processes carry ``disturbed``, ``disturbed_reason``
+       and ``interference`` (devices.agent.interference).
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ from __future__ import annotations
 from collections import namedtuple
 
 RECORD_FORMAT = "edgebench.measurement"
-RECORD_VERSION = 1
-KNOWN_RECORD_VERSIONS = (1,)
+RECORD_VERSION = 2
+KNOWN_RECORD_VERSIONS = (1, 2)
 
 # `python3 bundle facts` prints {"format": FACTS_FORMAT, "version": FACTS_VERSION, "facts": {FACTS}}.
 # Facts versions: 1 -- first version.
@@ -94,6 +98,11 @@ SAMPLE_FIELDS = (
     Field("acoustic_s", "float", False, "acoustic model forward"),
     Field("vocoder_s", "float", False, "vocoder forward"),
     Field("total_s", "float", False, "frontend + acoustic + vocoder, one clock"),
+    Field("cpu_s", "float", True, "CPU seconds of the measuring process during the sample", False),
+    Field("others_cpu_s", "float", True, "CPU seconds other processes used on its CPUs meanwhile", False),
+    Field("psi_some_s", "float", True, "growth of /proc/pressure/cpu 'some' meanwhile (seconds)", False),
+    Field("disturbed", "bool", False, "interference took the CPU (never counted in statistics)", False),
+    Field("remeasure_of", "int", True, "the disturbed iteration this sample measures again", False),
 )
 
 PROCESS_FIELDS = (
@@ -118,7 +127,11 @@ PROCESS_FIELDS = (
     Field("facts_after", "dict", False, "FACT_FIELDS"),
     Field("throttled", "bool", False, "the device throttled around or during this process"),
     Field("hot", "bool", False, "temperature above the limit around or during this process"),
-    Field("samples", "list", False, "SAMPLE_FIELDS, one per steady-state iteration"),
+    Field("disturbed", "bool", False, "interference left after re-measuring, or a throttled device", False),
+    Field("disturbed_reason", "str", True, "what disturbed it (null when not disturbed)", False),
+    Field("interference", "dict", True, "cpu_share, contention, psi_some_frac, samples_disturbed, "
+          "remeasured, unreplaced (devices.agent.interference)", False),
+    Field("samples", "list", False, "SAMPLE_FIELDS, one per steady-state iteration, then re-measurements"),
 )
 
 RECORD_FIELDS = (

@@ -24,6 +24,8 @@ SAMPLE_RATE = 16000  # Hz of the vocoder's output (contracts.md: 16 kHz, hop 200
 # What the worker prints. The supervisor checks these keys before trusting the document.
 WORKER_KEYS = ("status", "error", "phases", "samples", "stop_reason", "steady_s", "warmup_done",
                "threads", "torch", "quantized_engine")
+# Also printed (optional for the supervisor): "interference", the process-level numbers and what is left
+# disturbed after re-measuring (see devices.agent.interference).
 
 
 PHASES = field_names(PHASE_FIELDS)
@@ -130,6 +132,47 @@ def make_plan(corpus_module, emotions: Sequence[str], classes: Sequence[str], se
     return plan, balanced_block(plan, len(sentences))
 
 
+def remeasure(plan: Sequence, synth: Callable[[object], dict], samples: List[dict], threads: int,
+              n_cpus: int, rule: StopRule, clock: Callable[[], float]) -> dict:
+    """Flag disturbed samples (``interference.flag``) and measure their (sentence, emotion) again, at most
+    ``REMEASURE_FRACTION`` of the steady state (at least 2), never past the deadline. A re-measured
+    sample is appended (``remeasure_of`` names the original); statistics skip the disturbed ones. Returns
+    the interference summary with ``samples_disturbed``, ``remeasured`` and ``unreplaced``."""
+    from devices.agent import interference
+
+    reasons = interference.flag(samples, threads, n_cpus)
+    budget = max(2, int(len(samples) * interference.REMEASURE_FRACTION + 0.999))
+    first_reason = next((r for r in reasons if r), None)
+    done = 0
+    pending = [i for i, s in enumerate(samples) if s.get("disturbed")]
+    while pending and done < budget:
+        batch = []
+        for i in pending:
+            if done >= budget or (rule.deadline is not None and clock() >= rule.deadline):
+                break
+            item = plan[samples[i]["iteration"] % len(plan)]
+            again = synth(item)
+            again["iteration"] = len(samples)
+            again["remeasure_of"] = samples[i].get("remeasure_of", samples[i]["iteration"])
+            samples.append(again)
+            batch.append(len(samples) - 1)
+            done += 1
+        if not batch:
+            break
+        new_reasons = interference.flag([samples[i] for i in batch], threads, n_cpus)
+        first_reason = first_reason or next((r for r in new_reasons if r), None)
+        pending = [i for i in batch if samples[i].get("disturbed")]
+    replaced = {s["remeasure_of"] for s in samples if s.get("remeasure_of") is not None
+                and not s.get("disturbed")}
+    unreplaced = [s for s in samples if s.get("disturbed") and s.get("remeasure_of") is None
+                  and s["iteration"] not in replaced]
+    counted = [s for s in samples if not s.get("disturbed")]
+    out = interference.summary(counted or samples, threads, n_cpus)
+    out.update(samples_disturbed=sum(1 for s in samples if s.get("disturbed")), remeasured=done,
+               unreplaced=len(unreplaced), reason=first_reason if unreplaced else None)
+    return out
+
+
 def measure_phases(synth: Callable[[object], dict], plan: Sequence, warmup: int, rule: StopRule,
                    clock: Callable[[], float]):
     """First inference (timed alone, never a sample), ``warmup`` dropped iterations, then the steady state.
@@ -157,6 +200,9 @@ class Synthesizer:
     def __init__(self, frontend_module, acoustic, vocoder, clock: Callable[[], float], symbols=None) -> None:
         self.frontend = frontend_module
         self.symbols = symbols  # the voice's symbol table (None: the frontend's built-in one)
+        from devices.agent.interference import Probe
+
+        self.probe = Probe()
         self.acoustic = acoustic
         self.vocoder = vocoder
         self.clock = clock
@@ -167,6 +213,7 @@ class Synthesizer:
             raise WorkerError("the supervisor went away; stopping")  # orphaned: never load the device alone
         sentence, emotion = item
         clock = self.clock
+        before = self.probe.snapshot()  # read outside the timed span
         t0 = clock()
         inputs = self.frontend.text_to_ids(sentence.text, emotion=emotion, symbols=self.symbols).to_tensors()
         t1 = clock()
@@ -174,7 +221,10 @@ class Synthesizer:
         t2 = clock()
         wav = self.vocoder(out.mel.transpose(1, 2))
         t3 = clock()
+        counters = self.probe.delta(before, self.probe.snapshot())
         return {
+            **counters,
+            "disturbed": False,
             "iteration": -1,
             "sentence_id": sentence.id,
             "length_class": sentence.length_class,
@@ -199,8 +249,11 @@ def run(args, started: float, phases: dict, clock: Callable[[], float] = time.pe
     from variants import models as _models  # noqa: F401 - part of the model code a user's process imports
 
     phases["import_s"] = clock() - t
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from devices.protocol import Protocol
+
+    protocol = Protocol.from_document(json.loads(args.protocol))
+    if protocol.threads:
+        torch.set_num_threads(protocol.threads)
     # The sha256 check runs before the load timers: a user's process loading a model does not hash it.
     artifact.verify_files(args.artifact)
     t = clock()
@@ -213,18 +266,25 @@ def run(args, started: float, phases: dict, clock: Callable[[], float] = time.pe
     vocoder.eval()
 
     ids = args.sentence_ids.split(",") if args.sentence_ids else None
-    plan, block = make_plan(corpus, frontend.EMOTIONS, args.sentences.split(","), args.seed, ids)
+    plan, block = make_plan(corpus, frontend.EMOTIONS, list(protocol.sentences), protocol.seed, ids)
     symbols = artifact.symbol_table(artifact.read_config(args.artifact))
     synth = Synthesizer(frontend, acoustic, vocoder, clock, symbols)
-    rule = StopRule(args.min_iters, args.min_seconds, args.max_iters, block, deadline)
+    rule = StopRule(protocol.min_iters, protocol.min_seconds, protocol.max_iters, block, deadline)
     with torch.inference_mode():
-        measured = measure_phases(synth, plan, args.warmup, rule, clock)
+        measured = measure_phases(synth, plan, protocol.warmup, rule, clock)
     first_s, warmup_done, samples, reason, steady_s = measured
     phases["first_inference_s"] = first_s
+    from devices.agent.interference import allowed_cpus
+
+    with torch.inference_mode():
+        interference = remeasure(
+            plan, synth, samples, torch.get_num_threads(), len(allowed_cpus()), rule, clock
+        )
     doc = {
         "status": "ok", "error": None, "phases": phases, "samples": samples, "stop_reason": reason,
         "steady_s": steady_s, "warmup_done": warmup_done, "threads": torch.get_num_threads(),
         "torch": str(torch.__version__), "quantized_engine": str(torch.backends.quantized.engine),
+        "interference": interference,
     }
     if not samples:
         doc["status"] = "failed"
@@ -235,13 +295,7 @@ def run(args, started: float, phases: dict, clock: Callable[[], float] = time.pe
 def parse_args(argv: Optional[Sequence[str]] = None):
     p = argparse.ArgumentParser(prog="edgebench-agent-worker", description=__doc__.splitlines()[0])
     p.add_argument("--artifact", required=True)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--min-iters", type=int, default=10)
-    p.add_argument("--min-seconds", type=float, default=5.0)
-    p.add_argument("--max-iters", type=int, default=200)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--sentences", default="short,medium,long")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--protocol", required=True, help="the edgebench.protocol document (JSON)")
     p.add_argument("--sentence-ids", default=None)
     p.add_argument("--deadline-s", type=float, default=None,
                    help="stop iterating this many seconds after the process started")
@@ -257,11 +311,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sys.stdout = sys.stderr
     phases = dict.fromkeys(PHASES)
     try:
+        from devices.errors import DevicesError
         from variants.errors import VariantsError
 
         try:
             doc = run(args, started, phases)
-        except (VariantsError, WorkerError) as exc:
+        except (VariantsError, WorkerError, DevicesError) as exc:
             doc = _failed(f"{type(exc).__name__}: {exc}", phases)
     except ImportError as exc:
         doc = _failed(f"cannot import the model code: {exc}", phases)
