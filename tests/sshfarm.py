@@ -114,6 +114,10 @@ class SSHServer:
             "MaxSessions 50",
             "LoginGraceTime 20",
             "LogLevel INFO",
+            # The sessions run the user's login shell, which on the development/CI machines sources a
+            # .bashrc with `pyenv init`; a session killed by a test mid-rehash leaves pyenv's lock behind,
+            # and every later rehash would wait 60 s for it. Boards do not run pyenv: do not wait.
+            "SetEnv PYENV_REHASH_TIMEOUT=1",
             "",
         ]))
 

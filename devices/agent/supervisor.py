@@ -37,6 +37,14 @@ from devices.agent.format import (
 from devices.agent.worker import WORKER_KEYS
 
 LOCK_NAME = "measure.lock"
+#: The process that started the agent (the controller, or the SSH session that carries its command).
+#: When it is gone the agent was orphaned: it stops its worker, frees the device lock and exits within
+#: about a poll interval, so a dead controller never holds a board for the next run.
+_STARTED_BY = os.getppid()
+
+
+def controller_gone() -> bool:
+    return os.getppid() != _STARTED_BY
 POLL_INTERVAL_S = 0.25
 LOCK_RETRY_S = 0.5
 # A worker stops iterating after this fraction of its time share, leaving room to print its samples.
@@ -101,6 +109,9 @@ class DeviceLock:
                 holder = _read_text(self.path).strip() or "unknown"
                 os.close(fd)
                 return f"device busy: another measurement (pid {holder}) held {self.path} until the timeout"
+            if controller_gone():
+                os.close(fd)
+                return "the controller went away while the agent waited for the device lock"
             sleep(LOCK_RETRY_S)
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
@@ -182,15 +193,8 @@ def _signal_name(code: int) -> str:
 def worker_argv(args: dict, deadline_s: float) -> List[str]:
     argv = [sys.executable, "-m", "devices.agent.worker",
             "--artifact", args["artifact"],
-            "--warmup", str(args["warmup"]),
-            "--min-iters", str(args["min_iters"]),
-            "--min-seconds", repr(float(args["min_seconds"])),
-            "--max-iters", str(args["max_iters"]),
-            "--sentences", ",".join(args["sentences"]),
-            "--seed", str(args["seed"]),
+            "--protocol", args["protocol"],
             "--deadline-s", repr(float(deadline_s))]  # fmt: skip
-    if args.get("threads"):
-        argv += ["--threads", str(args["threads"])]
     if args.get("sentence_ids"):
         argv += ["--sentence-ids", ",".join(args["sentence_ids"])]
     return argv
@@ -208,7 +212,8 @@ def run_worker(argv: Sequence[str], timeout_s: float, poll_interval: float = POL
     env.setdefault("PYTHONUNBUFFERED", "1")
     memory = MemoryWatch()
     result = {"started": False, "start_error": None, "exit_code": None, "timed_out": False, "wall_s": None,
-              "stdout": "", "stderr": "", "ru_maxrss_bytes": None, "memory": memory, "temp_max_c": None}
+              "stdout": "", "stderr": "", "ru_maxrss_bytes": None, "memory": memory, "temp_max_c": None,
+              "orphaned": False}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.monotonic()
         try:
@@ -227,8 +232,8 @@ def run_worker(argv: Sequence[str], timeout_s: float, poll_interval: float = POL
             pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            if time.monotonic() >= deadline:
-                result["timed_out"] = True
+            if time.monotonic() >= deadline or controller_gone():
+                result["timed_out" if not controller_gone() else "orphaned"] = True
                 proc.kill()
                 pid, status, ru = os.wait4(proc.pid, 0)
                 break
@@ -282,7 +287,8 @@ def process_record(index: int, run: dict, before: dict, after: dict, timeout_s: 
         "rss_file_bytes": memory.rss_file, "ru_maxrss_bytes": run["ru_maxrss_bytes"],
         "vm_hwm_bytes": memory.vm_hwm, "rss_polls": memory.polls, "temp_max_c": run["temp_max_c"],
         "threads": None, "warmup_done": None, "stop_reason": None, "steady_s": None,
-        "facts_before": before, "facts_after": after, "throttled": False, "hot": False, "samples": [],
+        "facts_before": before, "facts_after": after, "throttled": False, "hot": False,
+        "disturbed": False, "disturbed_reason": None, "interference": None, "samples": [],
     }
     peaks = [v for v in (run["ru_maxrss_bytes"], memory.vm_hwm) if v]
     rec["peak_rss_bytes"] = max(peaks) if peaks else None
@@ -297,11 +303,21 @@ def process_record(index: int, run: dict, before: dict, after: dict, timeout_s: 
             phases[key] = doc["phases"].get(key)
         for key in ("threads", "warmup_done", "stop_reason", "steady_s"):
             rec[key] = doc[key]
+        interference = doc.get("interference") if isinstance(doc.get("interference"), dict) else None
+        rec["interference"] = interference
+        if interference and interference.get("unreplaced"):
+            rec["disturbed"] = True
+            rec["disturbed_reason"] = (
+                f"{interference['unreplaced']} sample(s) stayed disturbed after "
+                f"{interference.get('remeasured', 0)} re-measurement(s): {interference.get('reason')}"
+            )
         for facts in (before, after):
             facts["torch"] = doc.get("torch") or facts.get("torch")
             facts["quantized_engine"] = doc.get("quantized_engine") or facts.get("quantized_engine")
     code = run["exit_code"]
-    if run["timed_out"]:
+    if run.get("orphaned"):
+        rec["error"] = "the controller went away: the worker was stopped"
+    elif run["timed_out"]:
         last = _last_line(run["stderr"])
         rec["error"] = f"timed out after {timeout_s:.1f}s (killed); last log line: {last}"
     elif doc is not None and doc["status"] == STATUS_FAILED:
@@ -315,32 +331,32 @@ def process_record(index: int, run: dict, before: dict, after: dict, timeout_s: 
     else:
         rec["status"] = STATUS_OK
         rec["samples"] = doc["samples"]
+    if rec["throttled"] and not rec["disturbed"]:
+        rec["disturbed"] = True
+        rec["disturbed_reason"] = "the device throttled (frequency capped) around or during the process"
     return rec
 
 
-def measure(artifact: str, variant: str, processes: int = 3, warmup: int = 2, min_iters: int = 10,
-            min_seconds: float = 5.0, max_iters: int = 200, threads: Optional[int] = None,
-            timeout_s: float = 900.0, sentences: Sequence[str] = ("short", "medium", "long"), seed: int = 0,
-            hot_limit_c: float = 80.0, work_dir: Optional[str] = None,
+def measure(artifact: str, variant: str, protocol, work_dir: Optional[str] = None,
             sentence_ids: Optional[Sequence[str]] = None,
             poll_interval: float = POLL_INTERVAL_S, log: Optional[Callable[[str], None]] = None) -> dict:
-    """Measure one variant in ``processes`` fresh worker processes; returns the record (never raises
-    for a device-side failure: the record's status and error say what happened)."""
+    """Measure one variant in ``protocol.processes`` fresh worker processes (``protocol``: a
+    ``devices.protocol.Protocol``, passed on to each worker as its document); returns the record (never
+    raises for a device-side failure: the record's status and error say what happened)."""
+    import json as _json
+
+    processes, timeout_s, hot_limit_c = protocol.processes, protocol.timeout_s, protocol.hot_limit_c
     log = log or (lambda msg: print(f"edgebench-agent: {msg}", file=sys.stderr, flush=True))
     start = time.monotonic()
     deadline = start + timeout_s
     artifact = os.path.abspath(os.path.expanduser(artifact))
     work_dir = os.path.abspath(os.path.expanduser(work_dir)) if work_dir else default_work_dir(artifact)
-    args = {"artifact": artifact, "warmup": warmup, "min_iters": min_iters, "min_seconds": min_seconds,
-            "max_iters": max_iters, "threads": threads, "sentences": list(sentences), "seed": seed,
+    args = {"artifact": artifact, "protocol": _json.dumps(protocol.to_document(), separators=(",", ":")),
             "sentence_ids": list(sentence_ids) if sentence_ids else None}
     record = {
         "format": RECORD_FORMAT, "version": RECORD_VERSION, "status": STATUS_FAILED, "error": None,
         "variant": variant, "artifact": None, "agent_version": AGENT_VERSION,
-        "protocol": {"processes": processes, "warmup": warmup, "min_iters": min_iters,
-                     "min_seconds": float(min_seconds), "max_iters": max_iters, "threads": threads,
-                     "timeout_s": float(timeout_s), "sentences": list(sentences), "seed": seed,
-                     "sentence_ids": args["sentence_ids"]},
+        "protocol": {**protocol.echoed(), "sentence_ids": args["sentence_ids"]},
         "hot_limit_c": float(hot_limit_c),
         "facts_before": facts_mod.collect(), "facts_after": None, "throttled": False, "hot": False,
         "processes": [],
@@ -365,6 +381,9 @@ def measure(artifact: str, variant: str, processes: int = 3, warmup: int = 2, mi
                     sys.stderr.write(run["stderr"] if run["stderr"].endswith("\n") else run["stderr"] + "\n")
                 proc = process_record(index, run, before, after, share, hot_limit_c)
                 record["processes"].append(proc)
+                if run.get("orphaned"):
+                    error = "the controller went away; the measurement was stopped"
+                    break
                 log(f"process {index + 1}/{processes}: {proc['status']}"
                     + (f" ({proc['error']})" if proc["error"] else f", {len(proc['samples'])} samples"))
     finally:
