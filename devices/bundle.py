@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 runpy.run_module("devices.agent", run_name="__main__", alter_sys=True)
 '''
 # Files of the controller's packages that the device needs (paths relative to the package's parent).
-DEVICES_FILES = ("devices/__init__.py", "devices/errors.py")
+DEVICES_FILES = ("devices/__init__.py", "devices/errors.py", "devices/protocol.py")
 DEVICES_DIRS = ("devices/agent",)
 VARIANTS_FILES = ("variants/__init__.py", "variants/frontend.py", "variants/symbols.py", "variants/corpus.py",
                   "variants/artifact.py", "variants/errors.py")

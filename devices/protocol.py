@@ -1,17 +1,26 @@
 """The measurement protocol's settings (see design.md, "Measurement protocol").
 
-One immutable value object shared by the controller (``devices.measure``, ``harness``) and turned into
-the agent's command-line arguments here, so the agent and the controller cannot disagree on a name.
+One immutable value object, and the only place its defaults are written. The controller sends it to the
+agent as one versioned JSON document (``to_document``); the agent and its workers read it back with the
+same class (``from_document``: this module travels in the agent bundle), so no default or bound is written
+twice on the two sides of the process boundary. Standard library only, Python 3.8+.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, fields
 
 from devices.errors import DevicesError
 
 LENGTH_CLASSES = ("short", "medium", "long")
+
+# The protocol travels to the agent as one document (``Protocol.to_document``). Versions:
+#   1 -- the fields of Protocol (edgebench 0.2).
+PROTOCOL_FORMAT = "edgebench.protocol"
+PROTOCOL_VERSION = 1
+KNOWN_PROTOCOL_VERSIONS = (1,)
 
 # Time the agent may need beyond the measurement timeout: interpreter start, facts, lock, JSON out.
 AGENT_OVERHEAD_S = 60.0
@@ -106,22 +115,32 @@ class Protocol:
             )
         return cls(**data)
 
+    def to_document(self) -> dict:
+        """The protocol as the one versioned document the agent (and its workers) receive."""
+        return {"format": PROTOCOL_FORMAT, "version": PROTOCOL_VERSION, **self.to_dict()}
+
+    @classmethod
+    def from_document(cls, doc: object) -> Protocol:
+        """Read a protocol document (``to_document``); DevicesError on a foreign or unknown version, a
+        missing or unknown key, or a value out of bounds. Every key must be present: the defaults live in
+        this class only, on the controller, never again on the device."""
+        if not isinstance(doc, dict) or doc.get("format") != PROTOCOL_FORMAT:
+            raise DevicesError(f"protocol document: not an {PROTOCOL_FORMAT} document")
+        if doc.get("version") not in KNOWN_PROTOCOL_VERSIONS:
+            raise DevicesError(
+                f"protocol document: version {doc.get('version')!r} is not known (known: "
+                f"{', '.join(map(str, KNOWN_PROTOCOL_VERSIONS))}); the controller and the agent come from "
+                "different edgebench releases: let the controller push its own bundle"
+            )
+        data = {k: v for k, v in doc.items() if k not in ("format", "version")}
+        missing = sorted({f.name for f in fields(cls)} - set(data))
+        if missing:
+            raise DevicesError(f"protocol document: missing key(s) {', '.join(missing)}")
+        return cls.from_dict(data)
+
     def agent_args(self) -> list[str]:
         """Arguments of ``agent measure`` that carry this protocol (artifact and variant not included)."""
-        args = [
-            "--processes", str(self.processes),
-            "--warmup", str(self.warmup),
-            "--min-iters", str(self.min_iters),
-            "--min-seconds", repr(float(self.min_seconds)),
-            "--max-iters", str(self.max_iters),
-            "--timeout", repr(float(self.timeout_s)),
-            "--sentences", ",".join(self.sentences),
-            "--seed", str(self.seed),
-            "--hot-limit", repr(float(self.hot_limit_c)),
-        ]  # fmt: skip
-        if self.threads is not None:
-            args += ["--threads", str(self.threads)]
-        return args
+        return ["--protocol", json.dumps(self.to_document(), sort_keys=True, separators=(",", ":"))]
 
     def transport_timeout(self) -> float:
         """Seconds the controller waits for one agent invocation before giving up on it."""

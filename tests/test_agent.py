@@ -17,6 +17,7 @@ import pytest
 
 from devices.agent import facts, supervisor
 from devices.agent.format import FACT_FIELDS, RECORD_FORMAT, RECORD_VERSION, field_names
+from devices.protocol import Protocol
 
 PY = sys.executable
 MIB = 2**20
@@ -221,7 +222,7 @@ def test_measure_runs_fresh_processes_one_after_another(tmp_path, monkeypatch):
         return script(body)
 
     monkeypatch.setattr(supervisor, "worker_argv", fake_argv)
-    record = supervisor.measure(str(art), "pruned", processes=3, timeout_s=60, poll_interval=0.05,
+    record = supervisor.measure(str(art), "pruned", Protocol(processes=3, timeout_s=60), poll_interval=0.05,
                                 log=lambda msg: None)
     assert record["format"] == RECORD_FORMAT and record["version"] == RECORD_VERSION
     assert record["status"] == "ok", record["error"]
@@ -247,7 +248,7 @@ def test_one_failed_process_fails_the_record_but_the_others_still_run(tmp_path, 
         return printing(worker_doc())
 
     monkeypatch.setattr(supervisor, "worker_argv", fake_argv)
-    record = supervisor.measure(str(art), "q", processes=3, timeout_s=60, poll_interval=0.05,
+    record = supervisor.measure(str(art), "q", Protocol(processes=3, timeout_s=60), poll_interval=0.05,
                                 log=lambda msg: None)
     assert record["status"] == "failed"
     assert record["error"] == "process 1: the worker exited with code 139: Segmentation fault"
@@ -255,7 +256,7 @@ def test_one_failed_process_fails_the_record_but_the_others_still_run(tmp_path, 
 
 
 def test_a_missing_artifact_is_a_failed_record_not_a_crash(tmp_path):
-    record = supervisor.measure(str(tmp_path / "nope"), "v", timeout_s=5, log=lambda msg: None)
+    record = supervisor.measure(str(tmp_path / "nope"), "v", Protocol(timeout_s=5), log=lambda msg: None)
     assert record["status"] == "failed"
     assert "cannot read manifest.json" in record["error"]
     assert record["processes"] == [] and record["artifact"] is None
@@ -278,8 +279,8 @@ def test_two_measurements_on_one_device_never_overlap(tmp_path, monkeypatch):
     records = []
 
     def one():
-        records.append(supervisor.measure(str(art), "v", processes=2, timeout_s=60, poll_interval=0.05,
-                                          log=lambda msg: None))
+        records.append(supervisor.measure(str(art), "v", Protocol(processes=2, timeout_s=60),
+                                          poll_interval=0.05, log=lambda msg: None))
 
     threads = [threading.Thread(target=one) for _ in range(2)]
     for t in threads:
@@ -347,8 +348,8 @@ def test_cli_facts_prints_one_json_document():
 
 
 def test_cli_measure_on_a_missing_artifact_prints_a_failed_record(tmp_path):
-    out = agent("measure", "--artifact", str(tmp_path / "missing"), "--variant", "v", "--timeout", "5",
-                "--work-dir", str(tmp_path))
+    out = agent("measure", "--artifact", str(tmp_path / "missing"), "--variant", "v",
+                *Protocol(timeout_s=5).agent_args(), "--work-dir", str(tmp_path))
     assert out.returncode == 1
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 1
@@ -356,17 +357,33 @@ def test_cli_measure_on_a_missing_artifact_prints_a_failed_record(tmp_path):
     assert record["status"] == "failed" and "manifest.json" in record["error"]
 
 
-@pytest.mark.parametrize("args", [
-    ["measure", "--variant", "v"],
-    ["measure", "--artifact", "a", "--variant", "v", "--processes", "0"],
-    ["measure", "--artifact", "a", "--variant", "v", "--min-iters", "5", "--max-iters", "2"],
-    ["measure", "--artifact", "a", "--variant", "v", "--sentences", "huge"],
-    [],
+def _doc(**changes) -> str:
+    doc = Protocol().to_document()
+    doc.update(changes)
+    return json.dumps({k: v for k, v in doc.items() if v is not ...})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["measure", "--variant", "v", "--protocol", _doc()], "--artifact"),
+    (["measure", "--artifact", "a", "--variant", "v"], "--protocol"),
+    (["measure", "--artifact", "a", "--variant", "v", "--protocol", _doc(processes=0)],
+     "processes must be >= 1"),
+    (["measure", "--artifact", "a", "--variant", "v", "--protocol", _doc(min_iters=5, max_iters=2)],
+     "min_iters (5) is larger than max_iters (2)"),
+    (["measure", "--artifact", "a", "--variant", "v", "--protocol", _doc(sentences=["huge"])], "huge"),
+    (["measure", "--artifact", "a", "--variant", "v", "--protocol", _doc(version=99)], "version 99"),
+    (["measure", "--artifact", "a", "--variant", "v", "--protocol", _doc(warmup=...)],
+     "missing key(s) warmup"),
+    (["measure", "--artifact", "a", "--variant", "v", "--protocol", "{not json"], "not a JSON document"),
+    ([], ""),
 ])
-def test_cli_rejects_bad_arguments_with_exit_2_and_nothing_on_stdout(args):
+def test_cli_rejects_bad_arguments_with_exit_2_and_nothing_on_stdout(args, message):
+    """The protocol is one document with every value given (the defaults live on the controller only):
+    a missing key, an unknown version or a value out of bounds is refused before anything runs."""
     out = agent(*args)
     assert out.returncode == 2
     assert out.stdout == ""
+    assert message in out.stderr
 
 
 # ------------------------------------------------------------------------------ one synthesis, timed

@@ -173,10 +173,8 @@ def test_protocol_arguments_parse_back_in_the_agent():
                  timeout_s=120, sentences=("short", "long"), seed=4)
     argv = ["measure", "--artifact", "a", "--variant", "v", *p.agent_args()]
     args = agent_cli.make_parser().parse_args(argv)
-    echoed = {"processes": args.processes, "warmup": args.warmup, "min_iters": args.min_iters,
-              "min_seconds": args.min_seconds, "max_iters": args.max_iters, "threads": args.threads,
-              "timeout_s": args.timeout, "sentences": args.sentences, "seed": args.seed}
-    assert echoed == p.echoed()
+    assert args.protocol == p  # one document, read back by the same class on the device
+    assert args.protocol.echoed() == p.echoed()
     assert p.transport_timeout() > p.timeout_s
 
 

@@ -1,9 +1,11 @@
 """edgebench device agent: ``measure`` a variant (prints one JSON record) or print the device's ``facts``.
 
-    python3 edgebench_agent.py measure --artifact DIR --variant NAME [--processes 3 --warmup 2
-        --min-iters 10 --min-seconds 5 --max-iters 200 --threads N --timeout S
-        --sentences short,medium,long --seed 0 --hot-limit 80 --work-dir DIR]
+    python3 edgebench_agent.py measure --artifact DIR --variant NAME --protocol '{"format":
+        "edgebench.protocol", "version": 1, "processes": 3, ...}' [--sentence-ids IDS --work-dir DIR]
     python3 edgebench_agent.py facts
+
+The protocol is one versioned document (``devices.protocol.Protocol.to_document``) with every value
+given: the defaults live on the controller only.
 
 stdout carries exactly one JSON document; logs go to stderr. Exit status: 0 record ok, 1 record
 failed (still printed), 2 bad arguments (nothing printed). Standard library only here; Python 3.8+.
@@ -59,24 +61,28 @@ def _ids(text: str) -> list:
     return ids
 
 
+def _protocol(text: str):
+    from devices.errors import DevicesError
+    from devices.protocol import Protocol
+
+    try:
+        return Protocol.from_document(json.loads(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a JSON document: {exc}") from None
+    except DevicesError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgebench-agent", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     m = sub.add_parser("measure", help="measure one variant in fresh processes; print the record")
     m.add_argument("--artifact", required=True, help="artifact directory on this device")
     m.add_argument("--variant", required=True, help="variant name to put in the record")
-    m.add_argument("--processes", type=_positive_int, default=3)
-    m.add_argument("--warmup", type=_non_negative_int, default=2)
-    m.add_argument("--min-iters", type=_positive_int, default=10)
-    m.add_argument("--min-seconds", type=_non_negative_float, default=5.0)
-    m.add_argument("--max-iters", type=_positive_int, default=200)
-    m.add_argument("--threads", type=_positive_int, default=None)
-    m.add_argument("--timeout", type=_non_negative_float, default=900.0, help="seconds for all processes")
-    m.add_argument("--sentences", type=_classes, default=list(LENGTH_CLASSES))
-    m.add_argument("--seed", type=_non_negative_int, default=0)
+    m.add_argument("--protocol", type=_protocol, required=True,
+                   help="the measurement protocol: one edgebench.protocol JSON document")
     m.add_argument("--sentence-ids", type=_ids, default=None,
-                   help="only these corpus sentences, e.g. short-01 (default: all of --sentences)")
-    m.add_argument("--hot-limit", type=_non_negative_float, default=80.0, help="degrees C")
+                   help="only these corpus sentences, e.g. short-01 (default: all of the protocol's classes)")
     m.add_argument("--work-dir", default=None, help="where the device lock lives (default: from --artifact)")
     m.add_argument("--poll-interval", type=_non_negative_float, default=supervisor.POLL_INTERVAL_S,
                    help="seconds between /proc samples of the worker")
@@ -98,14 +104,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             doc = {"format": FACTS_FORMAT, "version": FACTS_VERSION, "facts": facts}
             code = 0
         else:
-            if args.min_iters > args.max_iters:
-                parser.error(f"--min-iters ({args.min_iters}) is larger than --max-iters ({args.max_iters})")
             doc = supervisor.measure(
-                artifact=args.artifact, variant=args.variant, processes=args.processes, warmup=args.warmup,
-                min_iters=args.min_iters, min_seconds=args.min_seconds, max_iters=args.max_iters,
-                threads=args.threads, timeout_s=args.timeout, sentences=args.sentences, seed=args.seed,
-                hot_limit_c=args.hot_limit, work_dir=args.work_dir, poll_interval=args.poll_interval,
-                sentence_ids=args.sentence_ids,
+                artifact=args.artifact, variant=args.variant, protocol=args.protocol, work_dir=args.work_dir,
+                poll_interval=args.poll_interval, sentence_ids=args.sentence_ids,
             )
             code = 0 if doc["status"] == STATUS_OK else 1
     finally:
