@@ -68,6 +68,25 @@ def measure_variant(transport: Transport, device: Device, artifact_dir: Path, va
     return parse_record(result.stdout, protocol=protocol, variant=variant, artifact=content_hash)
 
 
+def identity_mismatch(identity: dict, facts: dict) -> str | None:
+    """None when the identifying facts of a record (``facts``) agree with ``identity`` (what the
+    controller read itself over the same connection), else what differs. A device cannot claim to be
+    another board: its record's identity must be the one the controller saw."""
+    if not identity.get("fingerprint"):
+        return None  # nothing read before (no health facts): nothing to hold the record against
+    claimed = device_identity(identity.get("name", ""), facts)
+    if claimed["fingerprint"] == identity["fingerprint"]:
+        return None
+    diffs = [
+        f"{key} {claimed.get(key)!r} (the device said {identity.get(key)!r} before)"
+        for key in IDENTITY_FACTS
+        if claimed.get(key) != identity.get(key) and key != "mem_total_bytes"
+    ]
+    if claimed.get("mem_total_bytes") != identity.get("mem_total_bytes"):
+        diffs.append("mem_total_bytes")
+    return "; ".join(diffs) or "identity fingerprint differs"
+
+
 def device_identity(device: Device | str, facts: dict) -> dict:
     """Name, the identifying facts and a sha256 fingerprint (12 hex) over them.
 

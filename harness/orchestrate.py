@@ -1,9 +1,10 @@
 """Run orchestration: build what is missing, measure every (device, variant) pair, store as results arrive.
 
-Devices run in parallel (one thread each); variants run one after another on each device, so no device
-ever measures two things at once. Every attempt is written to the store in its own transaction the moment
-it finishes: a controller killed mid-run loses nothing already measured, and ``resume`` measures only the
-pairs that have no successful attempt yet.
+Devices run in parallel (one thread each). On a device the variants are measured interleaved, in rounds
+of one fresh process per variant with the order shuffled per round (seeded), never two things at once, so
+drift during a run (other load, heat, clock) reaches every variant alike. Every process is written to the
+store in its own transaction the moment it finishes: a controller killed mid-run loses nothing already
+measured, and ``resume`` measures only what is missing, completing half-measured pairs.
 
 A device that fails, hangs or lies is recorded as such (status ``ineligible``, ``unreachable``,
 ``timeout`` or ``failed`` with the reason) and the run goes on with the others (style: fabric's
@@ -12,7 +13,9 @@ GroupResult — keep every device's result or exception, report them together).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import random
 import threading
 import time
 import traceback
@@ -63,6 +66,22 @@ def classify_transport_error(exc: TransportError) -> str:
     return TIMEOUT if "timed out" in text or "timeout" in text else UNREACHABLE
 
 
+def _identity(device: Device, facts: dict | None) -> dict:
+    """The device identity stored with an attempt: name, fingerprint and facts, and the device's budget
+    class as configured when it was measured (so a verdict depends on the store only)."""
+    identity = device_measure.device_identity(device, facts) if facts else {"name": device.name}
+    identity["budget_class"] = getattr(device, "budget_class", None)
+    return identity
+
+
+def round_order(variants: Sequence[str], round_index: int, seed: int) -> list[str]:
+    """The order of one round: a seeded shuffle per round (the same seed and round give the same order),
+    so drift over a run (load, heat, clock) reaches every variant alike instead of the one measured last."""
+    order = list(variants)
+    random.Random(f"{seed}:{round_index}").shuffle(order)
+    return order
+
+
 def measure_device(
     store: Store,
     run_id: str,
@@ -75,63 +94,124 @@ def measure_device(
     bundle: Bundle,
     state_dir: Path,
     on_pair: Callable[[PairOutcome], None] | None = None,
+    done: dict[str, int] | None = None,
 ) -> list[PairOutcome]:
-    """Measure ``variants`` one after another on one device; record every attempt as it finishes."""
-    outcomes: list[PairOutcome] = []
-    identity: dict = {"name": device.name}
+    """Measure ``variants`` on one device interleaved: in rounds of one fresh process per variant, the
+    order shuffled per round; every process is stored the moment it finishes.
 
-    def record(variant: str, status: str, error: str | None, rec: dict | None, started: float) -> None:
-        store.record_attempt(run_id, device.name, identity, variant, status, error, rec)
-        outcome = PairOutcome(device.name, variant, status, error, time.monotonic() - started)
+    ``done`` maps a variant to the undisturbed processes a partial attempt of this run already holds
+    (``--resume`` completes such a pair). A process the agent flags disturbed does not count; it is
+    measured again, at most ``protocol.processes`` extra times per pair, after which the pair is stored
+    as measured-but-disturbed. One outcome per variant is reported when its pair is settled.
+    """
+    outcomes: list[PairOutcome] = []
+    identity: dict = _identity(device, None)
+    done = dict(done or {})
+    planned = protocol.processes
+    started_at = {v: time.monotonic() for v in variants}
+
+    def settle(variant: str, status: str, error: str | None) -> None:
+        outcome = PairOutcome(device.name, variant, status, error, time.monotonic() - started_at[variant])
         outcomes.append(outcome)
         if on_pair is not None:
             on_pair(outcome)
 
-    started = time.monotonic()
+    def record_all(status: str, error: str, pending: Sequence[str]) -> None:
+        for variant in pending:
+            store.record_attempt(run_id, device.name, identity, variant, status, error, None)
+            settle(variant, status, error)
+
     try:
         transport = open_transport(device, known_hosts=known_hosts, state_dir=state_dir)
     except DevicesError as exc:
         status = classify_transport_error(exc) if isinstance(exc, TransportError) else INELIGIBLE
-        for variant in variants:
-            record(variant, status, f"{device.name}: {exc}", None, started)
+        record_all(status, f"{device.name}: {exc}", variants)
         return outcomes
     try:
         health = device_health.check(transport, device)
         if health.facts:
-            identity = device_measure.device_identity(device, health.facts)
+            identity = _identity(device, health.facts)
         if not health.ok:
             reason = health.reason or "unknown reason"
             status = INELIGIBLE if health.reachable else UNREACHABLE
-            for variant in variants:
-                record(variant, status, f"{device.name}: health check failed: {reason}", None, started)
+            record_all(status, f"{device.name}: health check failed: {reason}", variants)
             return outcomes
-        for variant in variants:
-            started = time.monotonic()
-            if time.monotonic() > deadline:
-                err = f"{device.name}: the run's overall timeout passed first"
-                record(variant, TIMEOUT, err, None, started)
-                continue
-            try:
-                rec = device_measure.measure_variant(
-                    transport, device, artifacts[variant], variant, protocol, bundle=bundle
+        one = dataclasses.replace(
+            protocol, processes=1, timeout_s=max(1.0, protocol.timeout_s / max(1, planned))
+        )
+        need = {v: max(0, planned - done.get(v, 0)) for v in variants}
+        extra = {v: planned for v in variants}  # re-measurements of disturbed processes left per pair
+        open_pairs = [v for v in variants if need[v] > 0]
+        for v in variants:
+            if need[v] == 0:  # a resumed pair that is complete already (cannot happen via missing_pairs)
+                settle(v, OK, None)
+        round_index = 0
+        while open_pairs:
+            for variant in round_order(open_pairs, round_index, protocol.seed):
+                if time.monotonic() > deadline:
+                    err = f"{device.name}: the run's overall timeout passed first"
+                    store.record_attempt(run_id, device.name, identity, variant, TIMEOUT, err, None)
+                    settle(variant, TIMEOUT, err)
+                    open_pairs.remove(variant)
+                    continue
+                status, error = _one_process(
+                    store, run_id, device, transport, artifacts[variant], variant, one, bundle, identity,
+                    planned, final=need[variant] > 0 and extra[variant] == 0,
                 )
-            except TransportError as exc:
-                record(variant, classify_transport_error(exc), f"{device.name}: {exc}", None, started)
-                continue
-            except RecordError as exc:
-                err = f"{device.name}: the device's record was rejected: {exc}"
-                record(variant, FAILED, err, None, started)
-                continue
-            except DevicesError as exc:
-                record(variant, FAILED, f"{device.name}: {exc}", None, started)
-                continue
-            if rec.get("facts_before"):
-                identity = device_measure.device_identity(device, rec["facts_before"])
-            status = OK if rec.get("status") == "ok" else FAILED
-            record(variant, status, rec.get("error"), rec, started)
+                if status in (OK, FAILED, TIMEOUT, UNREACHABLE, INELIGIBLE):
+                    settle(variant, status, error)
+                    open_pairs.remove(variant)
+                elif status == DISTURBED_PROCESS:
+                    extra[variant] -= 1
+                else:  # one more undisturbed process of a partial pair
+                    need[variant] -= 1
+            round_index += 1
     finally:
         transport.close()
     return outcomes
+
+
+#: What ``_one_process`` says of a process that counted / that was disturbed (the pair stays partial).
+COUNTED_PROCESS, DISTURBED_PROCESS = "counted", "disturbed"
+
+
+def _one_process(
+    store: Store,
+    run_id: str,
+    device: Device,
+    transport,
+    artifact: Path,
+    variant: str,
+    protocol: Protocol,
+    bundle: Bundle,
+    identity: dict,
+    planned: int,
+    final: bool,
+) -> tuple[str, str | None]:
+    """Measure and store one process of a pair. Returns the pair's settled status (ok, failed, ...) with
+    its error, or COUNTED_PROCESS / DISTURBED_PROCESS while it stays partial."""
+    try:
+        rec = device_measure.measure_variant(transport, device, artifact, variant, protocol, bundle=bundle)
+    except TransportError as exc:
+        status, error = classify_transport_error(exc), f"{device.name}: {exc}"
+    except RecordError as exc:
+        status, error = FAILED, f"{device.name}: the device's record was rejected: {exc}"
+    except DevicesError as exc:
+        status, error = FAILED, f"{device.name}: {exc}"
+    else:
+        claimed = device_measure.identity_mismatch(identity, rec.get("facts_before") or {})
+        if claimed:
+            status, error = FAILED, f"{device.name}: the record claims another device: {claimed}"
+        else:
+            _, stored = store.add_processes(
+                run_id, device.name, identity, variant, rec, planned, final=final
+            )
+            if stored in (OK, FAILED):
+                return stored, rec.get("error") if stored == FAILED else None
+            disturbed = any(p.get("disturbed") for p in rec.get("processes") or [])
+            return (DISTURBED_PROCESS if disturbed else COUNTED_PROCESS), None
+    store.record_attempt(run_id, device.name, identity, variant, status, error, None)
+    return status, error
 
 
 def measure_all(
@@ -145,8 +225,11 @@ def measure_all(
     bundle: Bundle,
     state_dir: Path,
     on_pair: Callable[[PairOutcome], None] | None = None,
+    progress: dict[tuple[str, str], int] | None = None,
 ) -> list[PairOutcome]:
-    """Measure every pair: devices in parallel, each device's variants in order."""
+    """Measure every pair: devices in parallel, each device's variants interleaved. ``progress`` holds the
+    processes already stored of half-measured pairs (``Store.partial_progress``): they are completed."""
+    progress = progress or {}
     by_device: dict[str, tuple[Device, list[str]]] = {}
     for device, variant in pairs:
         by_device.setdefault(device.name, (device, []))[1].append(variant)
@@ -163,20 +246,21 @@ def measure_all(
                 on_pair(outcome)
 
         try:
+            done = {v: progress.get((device.name, v), 0) for v in variants}
             measure_device(
                 store, run_id, device, artifacts, variants, protocol, known_hosts, deadline, bundle,
-                state_dir, note,
+                state_dir, note, done,
             )
         except Exception as exc:  # noqa: BLE001 - a bug for one device must not stop the others
             # The pairs not yet recorded get the exception's text (visible in the store and the report);
             # the full traceback goes to the log.
             log.error("device %s: internal error\n%s", device.name, traceback.format_exc())
-            done = {o.variant for o in recorded}
+            settled = {o.variant for o in recorded}
             err = f"{device.name}: internal error: {type(exc).__name__}: {exc}"
             for variant in variants:
-                if variant not in done:
-                    identity = {"name": device.name}
-                    store.record_attempt(run_id, device.name, identity, variant, FAILED, err, None)
+                if variant not in settled:
+                    store.record_attempt(run_id, device.name, _identity(device, None), variant, FAILED, err,
+                                         None)
                     note(PairOutcome(device.name, variant, FAILED, err))
         with lock:
             outcomes.extend(recorded)

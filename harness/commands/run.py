@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="reference model preset: tiny, base or large (default: base)")
     parser.add_argument("--model-dir", type=Path, help="a ModelScope model directory (instead of a preset)")
     parser.add_argument("--voice", help="the model directory's voice (default: the first in voices.json)")
-    parser.add_argument("--variants", type=_csv, help="comma-separated variant names (default: the 5 core ones)")
+    parser.add_argument("--variants", type=_csv, help="comma-separated variant names (default: 5 core)")
     parser.add_argument("--devices", type=_csv, help="comma-separated device names or tag:T (default: local)")
     parser.add_argument("--out", type=Path, help="report directory (default: edgebench-out/RUN_ID)")
     parser.add_argument("--resume", metavar="RUN_ID", help="finish a run: measure only the missing pairs")
@@ -227,6 +227,7 @@ def run(
             bundle=bundle,
             state_dir=state,
             on_pair=lambda o: progress.advance(task, f"{o.device}/{o.variant}: {o.status}"),
+            progress=store.partial_progress(run_id) if resume else None,
         )
         complete = not store.missing_pairs(run_id)
         store.finish_run(run_id, "complete" if complete else "incomplete")
