@@ -60,10 +60,10 @@ SAMPLE_COLUMNS = (
 )
 _SAMPLE_FIELDS = (
     "iteration", "sentence_id", "length_class", "emotion", "phones", "frames", "audio_s", "frontend_s",
-    "acoustic_s", "vocoder_s", "total_s", "cpu_s", "others_cpu_s", "psi_some_s", "disturbed",
+    "acoustic_s", "vocoder_s", "total_s", "cpu_s", "others_cpu_s", "psi_some_s", "disturbed", "remeasure_of",
 )
 #: Interference columns of a sample (schema 2; NULL in samples of older records).
-INTERFERENCE_COLUMNS = ("cpu_s", "others_cpu_s", "psi_some_s", "disturbed")
+INTERFERENCE_COLUMNS = ("cpu_s", "others_cpu_s", "psi_some_s", "disturbed", "remeasure_of")
 PHASES = ("import_s", "acoustic_load_s", "vocoder_load_s", "first_inference_s")
 
 
@@ -218,7 +218,8 @@ CREATE INDEX attempts_by_identity ON attempts (device_identity, status);
 ALTER TABLE samples ADD COLUMN cpu_s REAL;
 ALTER TABLE samples ADD COLUMN others_cpu_s REAL;
 ALTER TABLE samples ADD COLUMN psi_some_s REAL;
-ALTER TABLE samples ADD COLUMN disturbed INTEGER
+ALTER TABLE samples ADD COLUMN disturbed INTEGER;
+ALTER TABLE samples ADD COLUMN remeasure_of INTEGER
 """
 
 
@@ -663,16 +664,22 @@ class Store:
         sql = (
             "SELECT a.run_id, a.device, a.device_identity, a.variant, s.process, s.iteration, s.sentence_id,"
             " s.length_class, s.emotion, s.phones, s.frames, s.audio_s, s.frontend_s, s.acoustic_s,"
-            " s.vocoder_s, s.total_s, s.attempt_id, s.cpu_s, s.others_cpu_s, s.psi_some_s, s.disturbed"
-            " FROM samples s JOIN attempts a ON a.id = s.attempt_id"
+            " s.vocoder_s, s.total_s, s.attempt_id, s.cpu_s, s.others_cpu_s, s.psi_some_s, s.disturbed,"
+            " s.remeasure_of FROM samples s JOIN attempts a ON a.id = s.attempt_id"
             " WHERE a.run_id = ?"
         )
         params: list[Any] = [run_id]
         counted: dict[int, set | None] = {}
+        disturbed_procs: dict[int, set] = {}
         if not all_attempts:
             for a in self.effective_attempts(run_id).values():
                 if a["status"] == "ok":
                     counted[a["attempt_id"]] = counted_processes(a["header"])
+                    disturbed_procs[a["attempt_id"]] = {
+                        int(p.get("index", i))
+                        for i, p in enumerate((a["header"] or {}).get("processes") or [])
+                        if p.get("disturbed")
+                    }
             if not counted:
                 return pd.DataFrame(columns=[*SAMPLE_COLUMNS, "attempt_id", *INTERFERENCE_COLUMNS])
             sql += f" AND s.attempt_id IN ({','.join('?' * len(counted))})"
@@ -681,12 +688,18 @@ class Store:
         with self._lock:
             df = pd.read_sql_query(sql, self._conn, params=params)
         if not all_attempts and not df.empty:
-            # Statistics see the undisturbed processes of a pair (all of them when it stayed disturbed)
-            # and never a sample flagged disturbed that the worker measured again.
-            keep = [
-                (counted[a] is None or p in counted[a]) and d != 1
-                for a, p, d in zip(df["attempt_id"], df["process"], df["disturbed"].fillna(0))
-            ]
+            # Statistics see the undisturbed processes of a pair (all of them when it stayed disturbed).
+            # In a process whose disturbed samples were all measured again, the re-measurements replace
+            # them; a process that stayed disturbed counts its steady state as measured.
+            keep = []
+            for a, p, d, again in zip(df["attempt_id"], df["process"], df["disturbed"].fillna(0),
+                                      df["remeasure_of"].isna()):
+                if counted[a] is not None and p not in counted[a]:
+                    keep.append(False)
+                elif p in disturbed_procs.get(a, ()):
+                    keep.append(bool(again))  # steady-state samples only
+                else:
+                    keep.append(d != 1)
             df = df[keep].reset_index(drop=True)
         return df
 
@@ -863,7 +876,7 @@ def _insert_rows(conn: sqlite3.Connection, attempt_id: int, sample_rows: list, f
     conn.executemany(
         "INSERT INTO samples (attempt_id, process, iteration, sentence_id, length_class, emotion,"
         " phones, frames, audio_s, frontend_s, acoustic_s, vocoder_s, total_s, cpu_s, others_cpu_s,"
-        " psi_some_s, disturbed) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        " psi_some_s, disturbed, remeasure_of) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         [(attempt_id, *row) for row in sample_rows],
     )
     conn.executemany(
