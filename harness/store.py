@@ -578,9 +578,11 @@ class Store:
         return out
 
     def baseline_run_id(self, run_id: str, device_identity: str | None) -> str | None:
-        """The last *passing* run before ``run_id`` with an ok attempt on this device identity.
+        """The last *passing* run before ``run_id`` with an ok, undisturbed attempt on this identity.
 
-        A run passes when its latest stored verdict has exit code 0 (``pass`` or ``no_baseline``).
+        A run passes when its latest stored verdict has exit code 0 (``pass`` or ``no_baseline``). A run
+        whose data on this device stayed disturbed is never a baseline: a slow baseline would hide a
+        regression.
         """
         if device_identity is None:
             return None
@@ -589,9 +591,12 @@ class Store:
             "SELECT r.id FROM runs r WHERE (r.started_at < ? OR (r.started_at = ? AND r.id < ?))"
             " AND EXISTS (SELECT 1 FROM attempts a WHERE a.run_id = r.id AND a.device_identity = ?"
             "             AND a.status = 'ok')"
+            " AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.run_id = r.id AND a.device_identity = ?"
+            "             AND a.status = 'ok'"
+            "             AND COALESCE(json_extract(a.header_json, '$.disturbed'), 0) = 1)"
             " AND (SELECT v.exit_code FROM verdicts v WHERE v.run_id = r.id ORDER BY v.id DESC LIMIT 1) = 0"
             " ORDER BY r.started_at DESC, r.id DESC LIMIT 1",
-            (run["started_at"], run["started_at"], run_id, device_identity),
+            (run["started_at"], run["started_at"], run_id, device_identity, device_identity),
         )
         return rows[0]["id"] if rows else None
 

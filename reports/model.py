@@ -166,6 +166,23 @@ class BudgetLine:
 
 
 @dataclass(frozen=True)
+class ProcessInfo:
+    """One measured process of a (device, variant) pair and the interference it saw."""
+
+    device: str
+    variant: str
+    index: int
+    status: str
+    samples: int
+    cpu_share: Optional[float]
+    contention: Optional[float]
+    samples_disturbed: int
+    remeasured: int
+    disturbed: bool
+    reason: Optional[str]
+
+
+@dataclass(frozen=True)
 class ReportData:
     run: RunInfo
     verdict: Optional[Verdict]  # the stored verdict; None: the run was never gated
@@ -177,6 +194,10 @@ class ReportData:
     audio: Tuple[AudioClip, ...] = ()
     budgets: Tuple[BudgetLine, ...] = ()  # the budgets in force, for display
     model_source: Mapping[str, Any] = field(default_factory=dict)  # the original's manifest "source"
+    processes: Tuple[ProcessInfo, ...] = ()  # every measured process, with its interference
+
+    def processes_of(self, device: str) -> Tuple[ProcessInfo, ...]:
+        return tuple(p for p in self.processes if p.device == device)
 
     @property
     def comparisons(self) -> Tuple[Comparison, ...]:
@@ -264,7 +285,23 @@ def load_report_data(store, run_id: str) -> ReportData:
         audio=tuple(_audio(store.artifacts(run_id))),
         budgets=tuple(budget_lines(budgets)),
         model_source=_model_source(store.artifacts(run_id)),
+        processes=tuple(_processes(effective_attempts)),
     )
+
+
+def _processes(effective: Mapping[Tuple[str, str], Mapping[str, Any]]) -> Iterable[ProcessInfo]:
+    """The processes of every pair's counted attempt, in round order (interference per process)."""
+    for (device, variant), attempt in sorted(effective.items()):
+        for i, p in enumerate((attempt.get("header") or {}).get("processes") or []):
+            info = p.get("interference") or {}
+            yield ProcessInfo(
+                device=str(device), variant=str(variant), index=int(p.get("index", i)),
+                status=str(p.get("status") or ""), samples=int(p.get("n_samples") or 0),
+                cpu_share=_opt_float(info.get("cpu_share")), contention=_opt_float(info.get("contention")),
+                samples_disturbed=int(info.get("samples_disturbed") or 0),
+                remeasured=int(info.get("remeasured") or 0), disturbed=bool(p.get("disturbed")),
+                reason=_opt_str(p.get("disturbed_reason")),
+            )
 
 
 def budget_lines(budgets: Mapping[str, Any]) -> Iterable[BudgetLine]:

@@ -195,10 +195,18 @@ def test_a_regression_on_disturbed_data_is_disturbed(st):
 
 
 def test_a_regression_against_a_disturbed_baseline_is_disturbed(st):
+    """A run whose data stayed disturbed passes (interference only slows down), but the automatic
+    baseline skips it: a slow baseline would hide a regression. Against one named explicitly, a
+    regression is "disturbed", never "regressed"."""
+    clean = add_run(st, seed=2)
+    assert judged(st, clean).exit_code == 0
     first = add_run(st, seed=0, disturbed={"pruned"})
-    assert judged(st, first).exit_code == 0   # a pass on disturbed data: a baseline like any other
-    v = judged(st, add_run(st, seed=1, slowdown={"pruned": 1.2}))
-    assert v.baselines == {"pi4-a": first}
+    assert judged(st, first).exit_code == 0   # a pass on disturbed data
+    slow = add_run(st, seed=1, slowdown={"pruned": 1.2})
+    v = judged(st, slow)
+    assert v.baselines == {"pi4-a": clean}  # not the disturbed run in between
+    assert v.outcome == "regressed"
+    v = gate.evaluate(st, slow, baseline=first, save=False)
     assert v.outcome == "disturbed" and not v.regressions
     slower = [c for c in v.comparisons if c.variant == "pruned"]
     assert slower and all(c.disturbed.startswith(f"baseline run {first}: ") for c in slower)

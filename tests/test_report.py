@@ -360,5 +360,8 @@ def test_disturbed_measurements_are_marked_in_the_table_and_the_banner(tmp_path)
     assert "Latency p90 (short) = " in banner and "disturbed: process 1: a backup job took 2 cores" in banner
     assert '<ul class="disturbances">' in banner
     assert text.count('<span class="tag warn disturbed"') == 2  # both rows of the comparison table
+    # and the process that stayed disturbed, with its reason, in the device's process table
+    tag = '<span class="tag warn process-disturbed">disturbed</span> a backup job took 2 cores'
+    assert text.count(tag) == 2
     assert '<span class="mark" aria-label="disturbed">⚠</span>' in text
     assert "budget_disturbed" in csv_text and "a backup job took 2 cores" in csv_text

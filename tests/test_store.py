@@ -391,3 +391,20 @@ def test_error_texts_are_bounded(st):
     st.record_attempt(rid, "pi4-a", make_identity("pi4-a"), "original", "failed", "x" * 1_000_000, None)
     error = st.attempts_df(rid)["error"].iloc[0]
     assert len(error) < 5000 and error.endswith("characters cut]")
+
+
+def test_a_run_whose_data_stayed_disturbed_is_never_a_baseline(st):
+    ids = []
+    for i, disturbed in enumerate((False, True, False)):
+        rid = new_run(st, run_id=f"2026112{i}-000000-0000", started_at=f"2026-11-2{i}T00:00:00+00:00")
+        record = make_record(samples_per_class=3)
+        if disturbed:
+            record["processes"][0].update(disturbed=True, disturbed_reason="a hog")
+            st.add_processes(rid, "pi4-a", make_identity(), "original", record, planned=3, final=True)
+        else:
+            st.record_attempt(rid, "pi4-a", make_identity(), "original", "ok", None, record)
+        st.save_verdict(rid, {"outcome": "pass", "exit_code": 0})
+        ids.append(rid)
+    fp = make_identity()["fingerprint"]
+    assert st.effective_attempts(ids[1])[("pi4-a", "original")]["header"]["disturbed"] is True
+    assert st.baseline_run_id(ids[2], fp) == ids[0]  # not the disturbed run in between
