@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from conftest import KANTTS_SMALL, KANTTS_SMALL_SPEAKERS, KANTTS_SMALL_VOICE
+from conftest import KANTTS_SMALL, KANTTS_SMALL_SPEAKERS, KANTTS_SMALL_VOICE, require_kantts_small
 
 from variants.errors import ArtifactError, FrontendError, ModelDirError
 from variants.frontend import text_to_ids
@@ -31,11 +31,10 @@ GOLDEN_TEXTS = {
 
 @pytest.fixture(scope="module")
 def golden():
-    torch = pytest.importorskip("torch")
-    path = KANTTS_SMALL / "golden" / "acoustic.pt"
-    if not path.is_file():
-        pytest.skip(f"needs the kantts-small fixture at {KANTTS_SMALL}")
-    return torch.load(path, weights_only=True)
+    import torch
+
+    require_kantts_small()  # shipped in shared/: missing is a broken checkout, a failure, never a skip
+    return torch.load(KANTTS_SMALL / "golden" / "acoustic.pt", weights_only=True)
 
 
 def test_fixture_dictionaries_sizes_and_ids(kantts_table):
