@@ -111,3 +111,15 @@ def bench_threads():
     torch.set_num_threads(THREADS)
     yield THREADS
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def tiny_artifact(tmp_path_factory) -> Path:
+    """The tiny preset's original as an artifact directory (seeded weights), for agent-level benchmarks."""
+    from variants.artifact import save_artifact
+    from variants.models import build_acoustic, build_vocoder, get_preset
+
+    cfg = get_preset("tiny")
+    art = save_artifact(tmp_path_factory.mktemp("tiny") / "original", build_acoustic(cfg.acoustic),
+                        build_vocoder(cfg.vocoder), cfg.to_dict(), manifest_extra={"name": "original"})
+    return art.path

@@ -32,14 +32,8 @@ PROTOCOL = Protocol(processes=1, warmup=1, min_iters=14, min_seconds=1.0, max_it
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory) -> Path:
-    from variants.artifact import save_artifact
-    from variants.models import build_acoustic, build_vocoder, get_preset
-
-    cfg = get_preset("tiny")
-    art = save_artifact(tmp_path_factory.mktemp("interference") / "tiny", build_acoustic(cfg.acoustic),
-                        build_vocoder(cfg.vocoder), cfg.to_dict(), manifest_extra={"name": "original"})
-    return art.path
+def artifact(tiny_artifact) -> Path:
+    return tiny_artifact
 
 
 def _cpu() -> int:

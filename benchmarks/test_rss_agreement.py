@@ -29,14 +29,8 @@ PROTOCOL = Protocol(processes=1, warmup=1, min_iters=7, min_seconds=0.5, max_ite
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory) -> Path:
-    from variants.artifact import save_artifact
-    from variants.models import build_acoustic, build_vocoder, get_preset
-
-    cfg = get_preset("tiny")
-    art = save_artifact(tmp_path_factory.mktemp("rss") / "tiny", build_acoustic(cfg.acoustic),
-                        build_vocoder(cfg.vocoder), cfg.to_dict(), manifest_extra={"name": "original"})
-    return art.path
+def artifact(tiny_artifact) -> Path:
+    return tiny_artifact
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/time"), reason="needs GNU time (apt-get install time)")

@@ -21,7 +21,6 @@ Controller only (needs PyYAML); the device loads the resulting artifacts, not th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
+from variants.artifact import sha256_file
 from variants.errors import ModelDirError, VariantsError
 
 # --------------------------------------------------------------------------------- parameter names
@@ -215,14 +215,6 @@ def find_checkpoint(ckpt_dir: Path) -> Path:
     if not found:
         raise ModelDirError(f"{ckpt_dir}: no checkpoint (expected a file named checkpoint_<N>.pth)")
     return max(found, key=lambda item: item[0])[1]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _load_checkpoint(path: Path) -> Any:
@@ -539,9 +531,9 @@ def load_voice(model_dir: Path, voice: Optional[str] = None) -> Voice:
         "model_dir": str(model_dir),
         "voice": name,
         "acoustic_checkpoint": str(am_path.relative_to(model_dir)),
-        "acoustic_sha256": _sha256(am_path),
+        "acoustic_sha256": sha256_file(am_path),
         "vocoder_checkpoint": str(voc_path.relative_to(model_dir)),
-        "vocoder_sha256": _sha256(voc_path),
+        "vocoder_sha256": sha256_file(voc_path),
     }
     return Voice(config.to_dict(), am_state, voc_state, source)
 
