@@ -110,7 +110,7 @@ def test_farm_device_dies_mid_run_then_resume_completes_only_missing(ssh_farm, t
 
     farm.restart("victim")
     resumed = cli(["run", "--config", str(config), "--resume", run_id, "--json"], farm.state_dir, tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, (resumed.stderr[-3000:], resumed.stdout[-4000:])
     again = json.loads(resumed.stdout)
     assert again["run_id"] == run_id
     assert {(p["device"], p["variant"]) for p in again["pairs"]} == missing
