@@ -7,7 +7,8 @@ cells, CSV columns. Its value is kept in ``unit`` (SI: seconds, bytes, ...); ``d
 say how budgets and gate messages show it (``display = value / scale``: 0.8 s is 800 ms). ``budget_key`` is
 its name in ``budgets.toml`` (None: it cannot be budgeted), in display units. ``columns`` and ``combine``
 say how to read it from ``Store.summary_df`` rows of one (device, variant) (``value_of``). ``disturbable``:
-interference from other load on the device can inflate it (timing and memory, not size or quality).
+interference from other load on the device can inflate it (timing; not a process's own peak memory, size
+or quality).
 
 **Outcomes** (``OUTCOMES``, most serious first) are what a verdict says, each with its exit code. **Check
 statuses** (``CHECK_STATUSES``) are what one budget check says; **comparison verdicts**
@@ -160,8 +161,8 @@ METRICS: dict[str, Metric] = {
                combine=SUM),
         Metric("peak_rss_bytes", "Peak RSS", "bytes", LOWER,
                "peak resident memory of a measuring process (max over processes)", display_unit="MiB",
-               scale=MIB, budget_key="peak_rss_mib", default_budget=512.0, disturbable=True,
-               columns=("peak_rss_bytes",)),
+               scale=MIB, budget_key="peak_rss_mib", default_budget=512.0,
+               columns=("peak_rss_bytes",)),  # other processes' CPU use does not grow this one's memory
         Metric("mcd_db", "Mel distortion", "dB", LOWER, "mel-cepstral distortion against original",
                display_unit="dB", columns=("quality_mcd_db",)),
         Metric("mel_l1", "Mel L1", "score", LOWER, "mean absolute mel difference against original",
