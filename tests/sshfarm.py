@@ -114,10 +114,11 @@ class SSHServer:
             "MaxSessions 50",
             "LoginGraceTime 20",
             "LogLevel INFO",
-            # The sessions run the user's login shell, which on the development/CI machines sources a
-            # .bashrc with `pyenv init`; a session killed by a test mid-rehash leaves pyenv's lock behind,
-            # and every later rehash would wait 60 s for it. Boards do not run pyenv: do not wait.
-            "SetEnv PYENV_REHASH_TIMEOUT=1",
+            # The sessions run the user's login shell with HOME set to the board's own folder, so the
+            # machine's shell start-up files (a .bashrc with `pyenv init` on the development and CI
+            # machines) do not run on the test boards: a session killed mid-rehash leaves pyenv's lock
+            # behind, and every later command would wait for it and print its warning on stderr.
+            f"SetEnv HOME={self.dir}",
             "",
         ]))
 
