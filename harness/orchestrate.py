@@ -141,6 +141,7 @@ def measure_device(
         )
         need = {v: max(0, planned - done.get(v, 0)) for v in variants}
         extra = {v: planned for v in variants}  # re-measurements of disturbed processes left per pair
+        tries = {v: 0 for v in variants}
         open_pairs = [v for v in variants if need[v] > 0]
         for v in variants:
             if need[v] == 0:  # a resumed pair that is complete already (cannot happen via missing_pairs)
@@ -154,9 +155,16 @@ def measure_device(
                     settle(variant, TIMEOUT, err)
                     open_pairs.remove(variant)
                     continue
+                tries[variant] += 1
+                if tries[variant] > 2 * planned + 1:  # cannot happen while the store and this loop agree
+                    err = f"{device.name}: the pair did not settle after {tries[variant] - 1} processes"
+                    store.record_attempt(run_id, device.name, identity, variant, FAILED, err, None)
+                    settle(variant, FAILED, err)
+                    open_pairs.remove(variant)
+                    continue
                 status, error = _one_process(
                     store, run_id, device, transport, artifacts[variant], variant, one, bundle, identity,
-                    planned, final=need[variant] > 0 and extra[variant] == 0,
+                    planned, final=need[variant] > 0 and extra[variant] <= 0,
                 )
                 if status in (OK, FAILED, TIMEOUT, UNREACHABLE, INELIGIBLE):
                     settle(variant, status, error)
