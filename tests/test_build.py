@@ -232,3 +232,25 @@ def test_manifest_is_plain_json(built):
     _, b, _ = built
     data = json.loads((b["quantized"].path / "manifest.json").read_text())
     assert data["code_version"] and data["torch_version"] and data["built_at"]
+
+
+def test_listening_samples_are_written_at_a_safe_level():
+    """Random weights give a near full-scale buzz: samples are scaled to peak <= -6 dBFS and RMS <= -20 dBFS
+    (a quiet signal is not blown up beyond either)."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+    import torch
+
+    from variants.build import SAMPLE_PEAK, SAMPLE_RMS, wav_bytes
+
+    buzz = torch.sign(torch.sin(torch.arange(16000) * 0.3)) * 0.9
+    quiet = torch.sin(torch.arange(16000) * 0.05) * 0.01
+    for wav in (buzz, quiet):
+        data, rate = sf.read(io.BytesIO(wav_bytes(wav)))
+        assert rate == 16000
+        assert np.abs(data).max() <= SAMPLE_PEAK + 1e-3
+        assert np.sqrt(np.mean(data**2)) <= SAMPLE_RMS + 1e-3
+    data, _ = sf.read(io.BytesIO(wav_bytes(buzz)))
+    assert np.sqrt(np.mean(data**2)) > 0.05  # still audible
