@@ -31,11 +31,6 @@ PROTOCOL = Protocol(processes=1, warmup=1, min_iters=14, min_seconds=1.0, max_it
                     timeout_s=300, sentences=("short",))
 
 
-@pytest.fixture(scope="module")
-def artifact(tiny_artifact) -> Path:
-    return tiny_artifact
-
-
 def _cpu() -> int:
     return sorted(os.sched_getaffinity(0))[0]
 
@@ -59,7 +54,7 @@ def hog() -> subprocess.Popen:
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity (Linux)")
-def test_detector_flags_disturbed_processes(benchmark, artifact, tmp_path):
+def test_detector_flags_disturbed_processes(benchmark, tiny_artifact, tmp_path):
     results = {"quiet": [], "hog": []}
 
     def run_all():
@@ -67,7 +62,7 @@ def test_detector_flags_disturbed_processes(benchmark, artifact, tmp_path):
             kind = "hog" if i % 2 else "quiet"
             busy = hog() if kind == "hog" else None
             try:
-                proc = agent_process(artifact, tmp_path)
+                proc = agent_process(tiny_artifact, tmp_path)
             finally:
                 if busy is not None:
                     busy.kill()
@@ -95,14 +90,14 @@ def test_detector_flags_disturbed_processes(benchmark, artifact, tmp_path):
     assert false <= 1
 
 
-def test_a_a_pairs_give_no_false_regression(benchmark, artifact, tmp_path):
+def test_a_a_pairs_give_no_false_regression(benchmark, tiny_artifact, tmp_path):
     from harness.regress import compare_samples
 
     verdicts = []
 
     def run_pairs():
         for _ in range(N_PAIRS):
-            a, b = agent_process(artifact, tmp_path), agent_process(artifact, tmp_path)
+            a, b = agent_process(tiny_artifact, tmp_path), agent_process(tiny_artifact, tmp_path)
 
             def clean(proc):
                 return [s for s in proc["samples"] if not s.get("disturbed")]

@@ -16,7 +16,6 @@ import re
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -28,15 +27,10 @@ PROTOCOL = Protocol(processes=1, warmup=1, min_iters=7, min_seconds=0.5, max_ite
                     timeout_s=300, sentences=("short",))
 
 
-@pytest.fixture(scope="module")
-def artifact(tiny_artifact) -> Path:
-    return tiny_artifact
-
-
 @pytest.mark.skipif(not os.path.exists("/usr/bin/time"), reason="needs GNU time (apt-get install time)")
-def test_peak_rss_agrees_with_gnu_time(benchmark, artifact):
+def test_peak_rss_agrees_with_gnu_time(benchmark, tiny_artifact):
     doc = json.dumps(PROTOCOL.to_document())
-    argv = [sys.executable, "-m", "devices.agent.worker", "--artifact", str(artifact), "--protocol", doc,
+    argv = [sys.executable, "-m", "devices.agent.worker", "--artifact", str(tiny_artifact), "--protocol", doc,
             "--deadline-s", "200"]
     env = dict(os.environ, PYTHONPATH=supervisor.bundle_root())
     agent, gnu = [], []
