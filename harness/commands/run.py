@@ -188,9 +188,7 @@ def run(
             cache_dir=paths.cache_dir(state) / "build",
             model_factory=cfg.model,
             model_config=cfg.model_config,
-            model_dir=cfg.model_dir,
-            voice=cfg.voice,
-            loaded_voice=loaded_voice,
+            loaded_voice=loaded_voice,  # read above, before anything was written
             recipes=cfg.recipes,
             progress=progress.callback("build"),
         )
