@@ -98,8 +98,8 @@ def built_variants(tmp_path_factory):
 @pytest.fixture(scope="session")
 def short_inputs():
     """The corpus' short sample sentence, neutral emotion, as model inputs."""
-    from variants.corpus import sample_sentence
-    from variants.frontend import text_to_ids
+    from devices.ondevice.corpus import sample_sentence
+    from devices.ondevice.frontend import text_to_ids
 
     return text_to_ids(sample_sentence().text, emotion="neutral").to_tensors()
 
@@ -116,8 +116,8 @@ def bench_threads():
 @pytest.fixture(scope="module")
 def tiny_artifact(tmp_path_factory) -> Path:
     """The tiny preset's original as an artifact directory (seeded weights), for agent-level benchmarks."""
+    from devices.ondevice.models import build_acoustic, build_vocoder, get_preset
     from variants.artifact import save_artifact
-    from variants.models import build_acoustic, build_vocoder, get_preset
 
     cfg = get_preset("tiny")
     art = save_artifact(tmp_path_factory.mktemp("tiny") / "original", build_acoustic(cfg.acoustic),

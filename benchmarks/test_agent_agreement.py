@@ -26,7 +26,7 @@ import torch
 from devices.bundle import build_bundle
 from devices.inventory import local_device
 from devices.measure import agent_command
-from devices.protocol import Protocol
+from devices.ondevice.protocol import Protocol
 from devices.push import ensure_artifact, ensure_bundle
 from devices.record import parse_record
 from devices.transport import LocalTransport
@@ -43,8 +43,8 @@ RATIO_BAND = (0.5, 2.0)
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory) -> Path:
+    from devices.ondevice.models import build_acoustic, build_vocoder, get_preset
     from variants.artifact import save_artifact
-    from variants.models import build_acoustic, build_vocoder, get_preset
 
     cfg = get_preset(PRESET)
     out = tmp_path_factory.mktemp("agreement") / PRESET
@@ -55,7 +55,7 @@ def artifact(tmp_path_factory) -> Path:
 
 
 def agent_acoustic_samples(transport, bundle, artifact: Path, processes: int) -> list:
-    from variants.frontend import EMOTIONS
+    from devices.ondevice.frontend import EMOTIONS
 
     n = ROUNDS * len(EMOTIONS)
     protocol = Protocol(processes=processes, warmup=2, min_iters=n, min_seconds=0.0, max_iters=n,
@@ -73,9 +73,9 @@ def agent_acoustic_samples(transport, bundle, artifact: Path, processes: int) ->
 
 
 def test_agent_agrees_with_in_process_timing(benchmark, artifact, tmp_path):
+    from devices.ondevice.corpus import default_corpus
+    from devices.ondevice.frontend import EMOTIONS, text_to_ids
     from variants.artifact import load_component
-    from variants.corpus import default_corpus
-    from variants.frontend import EMOTIONS, text_to_ids
 
     transport = LocalTransport(local_device(), tmp_path / "device")
     bundle = build_bundle(tmp_path / "state")

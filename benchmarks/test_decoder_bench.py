@@ -50,7 +50,7 @@ def _inputs(n_phones: int) -> dict:
 
 @pytest.fixture(scope="module")
 def models():
-    from variants.models import ModelConfig, build_acoustic, get_preset
+    from devices.ondevice.models import ModelConfig, build_acoustic, get_preset
     from variants.optimize import optimize
 
     torch.set_num_threads(THREADS)
@@ -103,7 +103,7 @@ _MEMORY_PROBE = textwrap.dedent(
     """
     import json, sys, torch
     torch.set_num_threads(1)
-    from variants.models import ModelConfig, build_acoustic, get_preset
+    from devices.ondevice.models import ModelConfig, build_acoustic, get_preset
     from variants.optimize import optimize
     sys.path.insert(0, sys.argv[4])
     from test_decoder_bench import _inputs

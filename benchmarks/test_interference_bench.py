@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from devices.protocol import Protocol
+from devices.ondevice.protocol import Protocol
 
 N_PROCESSES = int(os.environ.get("EDGEBENCH_INTERFERENCE_PROCESSES", "40"))
 N_PAIRS = int(os.environ.get("EDGEBENCH_AA_PAIRS", "20"))
@@ -39,7 +39,8 @@ def agent_process(artifact: Path, work: Path) -> dict:
     """One agent measurement (one worker process) pinned to one CPU; returns its process entry."""
     shim = (f"import os, sys; os.sched_setaffinity(0, [{_cpu()}]); "
             "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
-    argv = [sys.executable, "-c", shim, "-m", "devices.agent", "measure", "--artifact", str(artifact),
+    argv = [sys.executable, "-c", shim, "-m", "devices.ondevice.agent", "measure",
+            "--artifact", str(artifact),
             "--variant", "original", "--work-dir", str(work), *PROTOCOL.agent_args()]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     record = json.loads(out.stdout)

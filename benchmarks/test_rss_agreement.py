@@ -19,8 +19,8 @@ import sys
 
 import pytest
 
-from devices.agent import supervisor
-from devices.protocol import Protocol
+from devices.ondevice.agent import supervisor
+from devices.ondevice.protocol import Protocol
 
 ROUNDS = int(os.environ.get("EDGEBENCH_RSS_ROUNDS", "4"))
 PROTOCOL = Protocol(processes=1, warmup=1, min_iters=7, min_seconds=0.5, max_iters=50, threads=1,
@@ -30,7 +30,8 @@ PROTOCOL = Protocol(processes=1, warmup=1, min_iters=7, min_seconds=0.5, max_ite
 @pytest.mark.skipif(not os.path.exists("/usr/bin/time"), reason="needs GNU time (apt-get install time)")
 def test_peak_rss_agrees_with_gnu_time(benchmark, tiny_artifact):
     doc = json.dumps(PROTOCOL.to_document())
-    argv = [sys.executable, "-m", "devices.agent.worker", "--artifact", str(tiny_artifact), "--protocol", doc,
+    argv = [sys.executable, "-m", "devices.ondevice.agent.worker", "--artifact", str(tiny_artifact),
+            "--protocol", doc,
             "--deadline-s", "200"]
     env = dict(os.environ, PYTHONPATH=supervisor.bundle_root())
     agent, gnu = [], []

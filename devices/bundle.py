@@ -1,7 +1,8 @@
 """The agent bundle: one deterministic zip with everything the device needs besides Python and torch.
 
-Contents: ``devices/agent/``, the agent-only subset of ``variants`` (models, frontend, symbols, corpus,
-artifact, errors), the pure-Python ``pypinyin`` package (its dictionaries are JSON files read from disk,
+Contents: the on-device package ``devices.ondevice`` whole (agent, protocol, artifact reader and loader,
+frontend, symbols, corpus, model code: standard library and torch only; ``devices/__init__.py`` comes with
+it as its parent), the pure-Python ``pypinyin`` package (its dictionaries are JSON files read from disk,
 so the device extracts the zip into a directory), the launcher ``edgebench_agent.py`` and optional extra user
 model modules. Entries are sorted and carry fixed timestamps and modes, so the sha256 only changes when a
 file does; the zip is cached under ``<state_dir>/cache/bundles/``.
@@ -23,20 +24,16 @@ from typing import Iterable
 from devices.errors import DevicesError
 
 LAUNCHER_NAME = "edgebench_agent.py"
-LAUNCHER = '''"""edgebench agent launcher: runs devices.agent from the extracted bundle next to this file."""
+LAUNCHER = '''"""edgebench agent launcher: runs devices.ondevice.agent from the bundle beside this file."""
 import os
 import runpy
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-runpy.run_module("devices.agent", run_name="__main__", alter_sys=True)
+runpy.run_module("devices.ondevice.agent", run_name="__main__", alter_sys=True)
 '''
-# Files of the controller's packages that the device needs (paths relative to the package's parent).
-DEVICES_FILES = ("devices/__init__.py", "devices/errors.py", "devices/protocol.py")
-DEVICES_DIRS = ("devices/agent",)
-VARIANTS_FILES = ("variants/__init__.py", "variants/frontend.py", "variants/symbols.py", "variants/corpus.py",
-                  "variants/artifact.py", "variants/errors.py")
-VARIANTS_DIRS = ("variants/models",)
+# The on-device package, shipped whole (paths relative to the parent of ``devices``).
+ONDEVICE_PACKAGE = "devices.ondevice"
 THIRD_PARTY = ("pypinyin",)
 INCLUDE_SUFFIXES = (".py", ".json")
 EXCLUDE_DIRS = ("__pycache__", "__pyinstaller", "tests")
@@ -91,16 +88,8 @@ def _extra_module_files(item) -> dict:
 def bundle_files(extra_modules: Iterable = ()) -> dict:
     """archive name -> source path, for every file that goes into the bundle."""
     files: dict[str, Path] = {}
-    devices_root = _package_root("devices").parent
-    variants_root = _package_root("variants").parent
-    for rel in DEVICES_FILES:
-        files[rel] = devices_root / rel
-    for rel in DEVICES_DIRS:
-        files.update(_walk(devices_root / rel, rel))
-    for rel in VARIANTS_FILES:
-        files[rel] = variants_root / rel
-    for rel in VARIANTS_DIRS:
-        files.update(_walk(variants_root / rel, rel))
+    files["devices/__init__.py"] = _package_root("devices") / "__init__.py"
+    files.update(_walk(_package_root(ONDEVICE_PACKAGE), ONDEVICE_PACKAGE.replace(".", "/")))
     for name in THIRD_PARTY:
         files.update(_walk(_package_root(name), name))
     for item in extra_modules:

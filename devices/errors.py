@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from devices.ondevice.errors import DevicesError
 
-class DevicesError(Exception):
-    """Base of every expected error raised by ``devices``."""
+__all__ = ["DevicesError", "InventoryError", "TransportError", "HostKeyError", "AgentError", "RecordError"]
 
 
 class InventoryError(DevicesError):

@@ -31,7 +31,7 @@ CHECK_TIMEOUT_S = 90.0     # importing torch on a cold Pi takes tens of seconds
 HEALTH_SNIPPET = r"""
 import glob, json, os, platform, shutil, socket, sys, time
 work = os.path.abspath(os.path.expanduser(sys.argv[1]))
-# "os" and "cpu_model" are read exactly as devices/agent/facts.py reads them: the device identity
+# "os" and "cpu_model" are read exactly as devices/ondevice/agent/facts.py reads them: the device identity
 # (devices.measure.device_identity) must not depend on which of the two reported the facts.
 os_name = None
 try:

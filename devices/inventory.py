@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from devices.errors import InventoryError
-from devices.protocol import MAX_THREADS
+from devices.ondevice.protocol import MAX_THREADS
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -16,7 +16,7 @@ from typing import Any
 from devices.bundle import Bundle, build_bundle
 from devices.errors import AgentError, DevicesError
 from devices.inventory import Device
-from devices.protocol import Protocol
+from devices.ondevice.protocol import Protocol
 from devices.push import artifact_files, ensure_artifact, ensure_bundle
 from devices.record import parse_record
 from devices.transport import Transport

@@ -14,15 +14,15 @@ renamed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from devices.bundle import LAUNCHER_NAME, Bundle
 from devices.errors import TransportError
+from devices.ondevice.artifact import MANIFEST, read_manifest, sha256_file
+from devices.ondevice.errors import ArtifactError
 from devices.transport import Transport
-from variants.errors import ArtifactError
 
 SNIPPET_TIMEOUT_S = 120.0
 ARTIFACT_FILES = ("config.json", "acoustic.pt", "vocoder.pt")
@@ -154,26 +154,13 @@ def ensure_bundle(transport: Transport, bundle: Bundle) -> PushResult:
                       agent_argv=[transport.device.python, f"{remote_dir}/{LAUNCHER_NAME}"])
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def artifact_files(artifact_dir: Path) -> tuple:
     """(content_hash, {file name: sha256}) of a local artifact, from its manifest."""
     artifact_dir = Path(artifact_dir)
-    manifest_path = artifact_dir / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"{manifest_path}: missing (not an artifact directory?)") from None
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{manifest_path}: unreadable: {exc}") from None
-    content_hash = manifest.get("content_hash") if isinstance(manifest, dict) else None
-    listed = manifest.get("files") if isinstance(manifest, dict) else None
+    manifest_path = artifact_dir / MANIFEST
+    manifest = read_manifest(artifact_dir)  # the format's one reader: missing, unreadable, version
+    content_hash = manifest.get("content_hash")
+    listed = manifest.get("files")
     if not isinstance(content_hash, str) or not isinstance(listed, dict):
         raise ArtifactError(f"{manifest_path}: content_hash or files missing; rebuild the artifact")
     expected = {}
@@ -183,7 +170,7 @@ def artifact_files(artifact_dir: Path) -> tuple:
         if not (artifact_dir / name).is_file():
             raise ArtifactError(f"{artifact_dir / name}: missing; rebuild the artifact")
         expected[name] = sha
-    expected["manifest.json"] = _sha256(manifest_path)
+    expected[MANIFEST] = sha256_file(manifest_path)
     return content_hash, expected
 
 

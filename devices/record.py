@@ -5,7 +5,7 @@ measurement record (format, version, every field's type, no NaN/negative/absurd 
 consistent with the protocol) and raise ``RecordError`` naming the offending path otherwise; the
 orchestrator then stores the attempt as failed with that text, never as data.
 
-The field registry lives in ``devices.agent.format`` (shared with the agent that writes records).
+The field registry lives in ``devices.ondevice.agent.format`` (shared with the agent that writes records).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import re
 from collections import Counter
 from typing import Any
 
-from devices.agent.format import (
+from devices.errors import RecordError
+from devices.ondevice.agent.format import (
     FACT_FIELDS,
     FACTS_FORMAT,
     KNOWN_FACTS_VERSIONS,
@@ -31,9 +32,8 @@ from devices.agent.format import (
     STATUSES,
     STOP_REASONS,
 )
-from devices.errors import RecordError
-from devices.protocol import LENGTH_CLASSES, Protocol
-from variants.frontend import EMOTIONS
+from devices.ondevice.frontend import EMOTIONS
+from devices.ondevice.protocol import LENGTH_CLASSES, Protocol
 
 MAX_RECORD_CHARS = 64 * 2**20
 MAX_STRING = 4096

@@ -17,7 +17,7 @@ out_dir = "edgebench-out"        # reports go to <out_dir>/<run id>/
 seed = 0
 run_timeout_s = 21600            # the whole run (every device), seconds; at most 604800 (7 days)
 
-[protocol]                       # devices.protocol.Protocol fields (each bounded: see its docstring)
+[protocol]                       # devices.ondevice.protocol.Protocol fields (each bounded: see its docstring)
 processes = 3
 warmup = 2
 min_iters = 10
@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from devices.errors import DevicesError
-from devices.protocol import Protocol
+from devices.ondevice.protocol import Protocol
 from harness.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -227,7 +227,7 @@ def _default_variants() -> tuple:
 def _preset(source: str, preset: Any) -> str:
     if not isinstance(preset, str):
         raise ConfigError(source, "preset", "expected a preset name (string)")
-    from variants.models.presets import PRESETS
+    from devices.ondevice.models.presets import PRESETS
 
     if preset not in PRESETS:
         raise ConfigError(source, "preset", f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")

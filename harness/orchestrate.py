@@ -29,7 +29,7 @@ from devices import measure as device_measure
 from devices.bundle import Bundle
 from devices.errors import DevicesError, RecordError, TransportError
 from devices.inventory import Device
-from devices.protocol import Protocol
+from devices.ondevice.protocol import Protocol
 from devices.transport import open_transport
 from harness.errors import UserError
 from harness.store import Store

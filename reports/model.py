@@ -450,7 +450,7 @@ def _history(store, run: RunInfo) -> Iterable[TrendPoint]:
 
 def _audio(artifacts: Mapping[str, Mapping[str, Any]]) -> Iterable[AudioClip]:
     """The listening samples each artifact's manifest lists (``samples``: emotion -> relative path)."""
-    from variants.frontend import EMOTIONS  # the voice's emotion order: neutral first
+    from devices.ondevice.frontend import EMOTIONS  # the voice's emotion order: neutral first
 
     def order(item: Tuple[str, Any]) -> Tuple[int, str]:
         return (EMOTIONS.index(item[0]) if item[0] in EMOTIONS else len(EMOTIONS), item[0])

@@ -43,7 +43,7 @@ def require_kantts_small() -> Path:
 @pytest.fixture(scope="session")
 def kantts_table():
     """The symbol table of the kantts-small fixture voice (its dict/PinYin files + speaker list)."""
-    from variants.symbols import read_voice_tables
+    from devices.ondevice.symbols import read_voice_tables
 
     require_kantts_small()
     return read_voice_tables(KANTTS_SMALL_VOICE / "dict", KANTTS_SMALL_SPEAKERS)

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 EMOTIONS = ("neutral", "happy", "angry", "sad", "fear", "hate", "surprise")
-#: sentence id -> (length class, characters); a small fixed corpus like variants.corpus's.
+#: sentence id -> (length class, characters); a small fixed corpus like devices.ondevice.corpus's.
 SENTENCES = {
     "short-01": ("short", 6), "short-02": ("short", 9), "short-03": ("short", 12),
     "medium-01": ("medium", 22), "medium-02": ("medium", 31), "medium-03": ("medium", 38),

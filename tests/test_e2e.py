@@ -121,7 +121,7 @@ def test_farm_device_dies_mid_run_then_resume_completes_only_missing(ssh_farm, t
 
 
 def test_bigger_model_is_a_regression_and_fails_the_gate(tmp_path):
-    from variants.models import get_preset
+    from devices.ondevice.models import get_preset
 
     home = tmp_path / "state"
     budgets = write_config(tmp_path / "budgets.toml", **GENEROUS_BUDGETS)

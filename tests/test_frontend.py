@@ -1,13 +1,13 @@
-"""Text frontend (variants.frontend): KAN-TTS names, pinyin split, normalisation, breaks, edge cases."""
+"""Text frontend (ondevice.frontend): KAN-TTS names, pinyin split, normalisation, breaks, edge cases."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from devices.ondevice.frontend import EMOTION_IDS, EMOTIONS, normalize, syllable_phones, text_to_ids
+from devices.ondevice.symbols import STREAMS, SymbolTable, builtin_table
 from variants.errors import FrontendError, VariantsError
-from variants.frontend import EMOTION_IDS, EMOTIONS, normalize, syllable_phones, text_to_ids
-from variants.symbols import STREAMS, SymbolTable, builtin_table
 
 ARTICLE = "今天天气真好,我很开心!"
 

@@ -105,9 +105,9 @@ def test_health_facts_and_agent_facts_give_the_same_identity(tmp_path):
     import subprocess
     import sys
 
-    from devices.agent import facts as agent_facts
     from devices.health import HEALTH_SNIPPET
     from devices.measure import device_identity
+    from devices.ondevice.agent import facts as agent_facts
 
     out = subprocess.run([sys.executable, "-c", HEALTH_SNIPPET, str(tmp_path)], capture_output=True,
                          text=True, check=True, timeout=120)

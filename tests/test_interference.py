@@ -14,8 +14,8 @@ import time
 import pytest
 import tomli_w
 
-from devices.agent import interference
-from devices.agent.worker import StopRule, remeasure
+from devices.ondevice.agent import interference
+from devices.ondevice.agent.worker import StopRule, remeasure
 
 
 def sample(total=0.25, cpu=None, others=0.0, iteration=0, sid="short-01", emotion="happy"):

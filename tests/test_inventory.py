@@ -140,7 +140,7 @@ def test_cli_add_then_list(tmp_path, monkeypatch, capsys):
 def test_threads_bound_is_the_protocols(tmp_path):
     """A device's threads become the protocol's (devices.measure.effective_protocol): one bound for both,
     so a valid inventory never makes a protocol error mid-run."""
-    from devices.protocol import MAX_THREADS
+    from devices.ondevice.protocol import MAX_THREADS
 
     body = '[devices.a]\nhost = "h"\nuser = "u"\nkey_file = "{key}"\nthreads = %d\n'
     assert load_inventory(write(tmp_path, body % MAX_THREADS)).get("a").threads == MAX_THREADS

@@ -18,7 +18,7 @@ from devices.bundle import Bundle, build_bundle
 from devices.errors import AgentError, RecordError, TransportError
 from devices.inventory import local_device
 from devices.measure import agent_command, device_identity, effective_protocol, measure_variant
-from devices.protocol import Protocol
+from devices.ondevice.protocol import Protocol
 from devices.push import CHECK_ARTIFACT, PREPARE_BUNDLE
 from devices.testing import FakeTransport
 from devices.transport import LocalTransport
@@ -133,8 +133,8 @@ def test_device_identity_fingerprints_the_machine_not_its_mood():
 
 @pytest.fixture(scope="module")
 def tiny_artifact(tmp_path_factory) -> Path:
+    from devices.ondevice.models import build_acoustic, build_vocoder, get_preset
     from variants.artifact import save_artifact
-    from variants.models import build_acoustic, build_vocoder, get_preset
 
     cfg = get_preset("tiny")
     out = tmp_path_factory.mktemp("artifacts") / "original"
@@ -145,7 +145,7 @@ def tiny_artifact(tmp_path_factory) -> Path:
 
 
 def short_cycle() -> int:
-    from variants.corpus import default_corpus
+    from devices.ondevice.corpus import default_corpus
 
     return 7 * sum(1 for s in default_corpus() if s.length_class == "short")
 

@@ -1,4 +1,4 @@
-"""The reference workload (variants.models): configs, shapes, determinism, decoder modes, compression."""
+"""The reference workload (ondevice.models): configs, shapes, determinism, decoder modes, compression."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from variants.frontend import text_to_ids
-from variants.models import (
+from devices.ondevice.frontend import text_to_ids
+from devices.ondevice.models import (
     PRESETS,
     HifiGanConfig,
     ModelConfig,
@@ -25,7 +25,7 @@ from variants.models import (
     get_preset,
     reference,
 )
-from variants.models.sambert import Sambert
+from devices.ondevice.models.sambert import Sambert
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -164,7 +164,7 @@ def test_builds_match_in_a_fresh_process(tiny):
     code = textwrap.dedent(
         """
         import hashlib, torch
-        from variants.models import build_acoustic, build_vocoder, get_preset
+        from devices.ondevice.models import build_acoustic, build_vocoder, get_preset
         def sha(m):
             d = hashlib.sha256()
             for k, v in sorted(m.state_dict().items()):

@@ -16,8 +16,8 @@ import pytest
 import torch
 from conftest import KANTTS_SMALL, require_kantts_small
 
+from devices.ondevice.models import ModelConfig, build_acoustic
 from variants.errors import ModelDirError
-from variants.models import ModelConfig, build_acoustic
 from variants.modelscope import (
     acoustic_name,
     build_voice,
@@ -106,7 +106,7 @@ def test_vocoder_reproduces_the_original_code(models, golden, name):
 
 
 def test_frontend_tokens_through_the_voice_dictionaries_give_the_golden_ids(voice, golden):
-    from variants.symbols import SymbolTable, encode_tokens, parse_token_string
+    from devices.ondevice.symbols import SymbolTable, encode_tokens, parse_token_string
 
     table = SymbolTable.from_dict(voice.model_config["symbols"], "test")
     for case in CASES:

@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from devices.inventory import local_device
-from devices.protocol import Protocol
+from devices.ondevice.protocol import Protocol
 from harness import orchestrate
 from harness.store import Store
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from devices.protocol import Protocol
+from devices.ondevice.protocol import Protocol
 
 PY = sys.executable
 STOP_WITHIN_S = 20.0
@@ -26,8 +26,8 @@ LONG = Protocol(processes=3, min_seconds=3000, max_iters=100000, threads=1, time
 
 @pytest.fixture(scope="module")
 def tiny_artifact(tmp_path_factory) -> Path:
+    from devices.ondevice.models import build_acoustic, build_vocoder, get_preset
     from variants.artifact import save_artifact
-    from variants.models import build_acoustic, build_vocoder, get_preset
 
     cfg = get_preset("tiny")
     tmp = tmp_path_factory.mktemp("orphan") / "staging"
@@ -106,7 +106,7 @@ def test_a_local_agent_stops_when_its_controller_dies(tmp_path, tiny_artifact):
     marker = f"orphan-local-{os.getpid()}"
     starter = textwrap.dedent(f"""
         import subprocess, sys, time
-        p = subprocess.Popen([sys.executable, "-m", "devices.agent", "measure", "--artifact",
+        p = subprocess.Popen([sys.executable, "-m", "devices.ondevice.agent", "measure", "--artifact",
                               {str(tiny_artifact)!r}, "--variant", {marker!r}, "--work-dir", {str(work)!r},
                               *{LONG!r}], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         print(p.pid, flush=True)
@@ -137,7 +137,7 @@ def test_an_agent_over_ssh_stops_when_its_controller_dies(ssh_device, tmp_path, 
         from pathlib import Path
         from devices.inventory import load_inventory
         from devices.measure import measure_variant
-        from devices.protocol import Protocol
+        from devices.ondevice.protocol import Protocol
         from devices.transport import open_transport
         device = load_inventory(Path({str(inventory)!r})).devices["dev"]
         transport = open_transport(device, known_hosts=Path({str(ssh_device.known_hosts)!r}),

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from devices.ondevice.frontend import text_to_ids
 from variants.artifact import load_artifact, read_config
 from variants.build import build_variants
 from variants.errors import RecipeError, VariantsError
-from variants.frontend import text_to_ids
 from variants.quantize import quantized_module_names
 
 HERE = Path(__file__).resolve().parent

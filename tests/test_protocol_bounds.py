@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from devices.errors import DevicesError
-from devices.protocol import BOUNDS, Protocol
+from devices.ondevice.protocol import BOUNDS, Protocol
 from harness.cli import main
 from harness.config import MAX_RUN_TIMEOUT_S, load_config
 from harness.errors import ConfigError

@@ -6,10 +6,10 @@ from collections import Counter, namedtuple
 
 import pytest
 
-from devices.agent import __main__ as agent_cli
-from devices.agent.worker import StopRule, balanced_block, measure_phases, steady_state
 from devices.errors import DevicesError
-from devices.protocol import Protocol
+from devices.ondevice.agent import __main__ as agent_cli
+from devices.ondevice.agent.worker import StopRule, balanced_block, measure_phases, steady_state
+from devices.ondevice.protocol import Protocol
 
 Sentence = namedtuple("Sentence", "id text length_class")
 
@@ -182,9 +182,9 @@ def test_protocol_arguments_parse_back_in_the_agent():
 
 
 def test_plan_from_the_real_schedule_is_balanced_in_rounds():
-    from devices.agent.worker import in_rounds, make_plan
-    from variants import corpus
-    from variants.frontend import EMOTIONS
+    from devices.ondevice import corpus
+    from devices.ondevice.agent.worker import in_rounds, make_plan
+    from devices.ondevice.frontend import EMOTIONS
 
     plan, block = make_plan(corpus, EMOTIONS, ["short", "long"], seed=3)
     sentences = [s for s in corpus.default_corpus(seed=3) if s.length_class in ("short", "long")]
@@ -199,9 +199,9 @@ def test_plan_from_the_real_schedule_is_balanced_in_rounds():
 
 
 def test_plan_narrowed_to_sentence_ids():
-    from devices.agent.worker import WorkerError, make_plan
-    from variants import corpus
-    from variants.frontend import EMOTIONS
+    from devices.ondevice import corpus
+    from devices.ondevice.agent.worker import WorkerError, make_plan
+    from devices.ondevice.frontend import EMOTIONS
 
     plan, block = make_plan(corpus, EMOTIONS, ["short"], 0, sentence_ids=["short-01"])
     assert {s.id for s, _ in plan} == {"short-01"} and sorted(e for _, e in plan) == sorted(EMOTIONS)

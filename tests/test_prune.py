@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from devices.ondevice.models import ModelConfig, build_acoustic, get_preset
 from variants import artifact as art
-from variants.models import ModelConfig, build_acoustic, get_preset
 from variants.prune import encoder_decoder_params, prunable_modules, structured_prune, unstructured_prune
 from variants.recipes import BUILTIN_VARIANTS, make_step
 

@@ -24,8 +24,9 @@ def fake_bundle(tmp_path):
     """A small bundle with the real launcher and a stand-in agent (independent of the model code)."""
     src = tmp_path / "bundle-src"
     files = {}
-    sources = {"devices/__init__.py": "", "devices/agent/__init__.py": "",
-               "devices/agent/__main__.py": FAKE_AGENT, "data/blob.json": json.dumps(list(range(5000)))}
+    sources = {"devices/__init__.py": "", "devices/ondevice/__init__.py": "",
+               "devices/ondevice/agent/__init__.py": "", "devices/ondevice/agent/__main__.py": FAKE_AGENT,
+               "data/blob.json": json.dumps(list(range(5000)))}
     for arc, text in sources.items():
         path = src / arc
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,12 +137,13 @@ def test_bundle_zip_is_deterministic(tmp_path):
 
 def test_real_bundle_contents_and_cache(tmp_path):
     files = bundle_files()
-    for required in ("devices/agent/__main__.py", "variants/models/__init__.py", "variants/frontend.py",
-                     "variants/symbols.py", "variants/corpus.py", "variants/artifact.py",
-                     "variants/errors.py", "variants/__init__.py", "pypinyin/__init__.py",
-                     "pypinyin/pinyin_dict.json"):
+    on = "devices/ondevice"
+    for required in (f"{on}/agent/__main__.py", f"{on}/models/__init__.py", f"{on}/frontend.py",
+                     f"{on}/symbols.py", f"{on}/corpus.py", f"{on}/artifact.py", f"{on}/load.py",
+                     f"{on}/errors.py", "pypinyin/__init__.py", "pypinyin/pinyin_dict.json"):
         assert required in files, required
-    assert not any(arc.startswith(("variants/build", "variants/prune", "harness/")) for arc in files)
+    controller = ("variants/", "harness/", "devices/errors", "devices/push")
+    assert not any(arc.startswith(controller) for arc in files)
     first = build_bundle(tmp_path / "s1")
     again = build_bundle(tmp_path / "s1")
     other = build_bundle(tmp_path / "s2")

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from devices.ondevice.models import build_acoustic, build_vocoder, get_preset
 from variants import artifact as art
-from variants.models import build_acoustic, build_vocoder, get_preset
 from variants.quantize import QUANTIZED_TYPES, quantize, quantize_transform, quantized_module_names
 from variants.recipes import BUILTIN_VARIANTS, make_step
 

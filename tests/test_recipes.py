@@ -2,8 +2,8 @@
 
 import pytest
 
+from devices.ondevice.models import get_preset
 from variants.errors import RecipeError
-from variants.models import get_preset
 from variants.recipes import (
     BUILTIN_VARIANTS,
     check_recipe,

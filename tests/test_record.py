@@ -11,9 +11,9 @@ import json
 import pytest
 from records import make_record
 
-from devices.agent.format import RECORD_VERSION
 from devices.errors import DevicesError, RecordError
-from devices.protocol import Protocol
+from devices.ondevice.agent.format import RECORD_VERSION
+from devices.ondevice.protocol import Protocol
 from devices.record import parse_facts, parse_record, validate_record
 
 EMOTIONS = ("neutral", "happy", "angry", "sad", "fear", "hate", "surprise")

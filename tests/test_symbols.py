@@ -1,4 +1,4 @@
-"""Symbol tables (variants.symbols): KAN-TTS dictionaries, the builtin table, golden token encoding."""
+"""Symbol tables (ondevice.symbols): KAN-TTS dictionaries, the builtin table, golden token encoding."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import shutil
 import pytest
 from conftest import KANTTS_SMALL, KANTTS_SMALL_SPEAKERS, KANTTS_SMALL_VOICE, require_kantts_small
 
-from variants.errors import ArtifactError, FrontendError, ModelDirError
-from variants.frontend import text_to_ids
-from variants.symbols import (
+from devices.ondevice.frontend import text_to_ids
+from devices.ondevice.symbols import (
     STREAMS,
     SymbolTable,
     builtin_table,
@@ -18,6 +17,7 @@ from variants.symbols import (
     parse_token_string,
     read_voice_tables,
 )
+from variants.errors import ArtifactError, FrontendError, ModelDirError
 
 SIZES = {"sy": 147, "tone": 10, "syllable_flag": 8, "word_segment": 8, "emotion": 36, "speaker": 9}
 CASES = ("short", "medium", "long")

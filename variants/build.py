@@ -108,8 +108,8 @@ class _Builder:
 
     # -------------------------------------------------------------------------------- inputs
     def calibration(self, n: int) -> List[Dict[str, torch.Tensor]]:
-        from variants.corpus import default_corpus
-        from variants.frontend import EMOTIONS, text_to_ids
+        from devices.ondevice.corpus import default_corpus
+        from devices.ondevice.frontend import EMOTIONS, text_to_ids
 
         corpus = [s for s in default_corpus(seed=0) if s.length_class in ("short", "medium")]
         return [
@@ -232,7 +232,7 @@ class _Builder:
 
     # -------------------------------------------------------------------------------- samples, quality
     def samples(self, acoustic: nn.Module, vocoder: nn.Module) -> Tuple[Dict[str, bytes], str]:
-        from variants.frontend import EMOTIONS, text_to_ids
+        from devices.ondevice.frontend import EMOTIONS, text_to_ids
 
         text = sample_sentence()
         out = {}
@@ -271,7 +271,7 @@ def _prefix_name(steps: Tuple[Step, ...], name: str) -> str:
 
 def sample_sentence() -> str:
     """The fixed sentence of the listening samples: the corpus' sample sentence."""
-    from variants.corpus import sample_sentence as corpus_sample
+    from devices.ondevice.corpus import sample_sentence as corpus_sample
 
     return corpus_sample().text
 
@@ -325,7 +325,7 @@ def resolve_model(
 ) -> Dict[str, Any]:
     """config.json's model section for a preset of the reference model, a loaded model directory's voice
     or a user's factory."""
-    from variants.models import ModelConfig, get_preset
+    from devices.ondevice.models import ModelConfig, get_preset
 
     if voice is not None:
         return {"factory": art.REFERENCE_FACTORY, "config": dict(voice.model_config)}

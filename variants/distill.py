@@ -45,7 +45,7 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module, keep: Mapping[str,
 
 def generated_sentences(n: int, seed: int, min_chars: int = 6, max_chars: int = 24) -> List[str]:
     """``n`` seeded pseudo-sentences: random runs of the corpus' characters, ending with a full stop."""
-    from variants.corpus import default_corpus
+    from devices.ondevice.corpus import default_corpus
 
     chars = sorted({c for s in default_corpus(seed=0) for c in s.text if "\u4e00" <= c <= "\u9fff"})
     rng = random.Random(seed)
@@ -62,7 +62,7 @@ def training_set(
     teacher: nn.Module, n: int, seed: int, symbols=None
 ) -> List[Tuple[Dict[str, torch.Tensor], object]]:
     """(inputs, teacher output) pairs on generated sentences, emotions cycling; teacher run once each."""
-    from variants.frontend import EMOTIONS, text_to_ids
+    from devices.ondevice.frontend import EMOTIONS, text_to_ids
 
     pairs = []
     with torch.no_grad():

@@ -474,9 +474,9 @@ def _has_mask(model_dir: Path) -> bool:
 
 def load_voice(model_dir: Path, voice: Optional[str] = None) -> Voice:
     """Read one voice (default: the first in voices.json) of a ModelScope model directory."""
-    from variants.models import build_acoustic, build_vocoder
-    from variants.models.presets import HifiGanConfig, ModelConfig, SambertConfig
-    from variants.symbols import SymbolTable, read_voice_tables
+    from devices.ondevice.models import build_acoustic, build_vocoder
+    from devices.ondevice.models.presets import HifiGanConfig, ModelConfig, SambertConfig
+    from devices.ondevice.symbols import SymbolTable, read_voice_tables
 
     model_dir = Path(model_dir).expanduser().resolve()
     voices = voice_names(model_dir)
@@ -540,7 +540,7 @@ def load_voice(model_dir: Path, voice: Optional[str] = None) -> Voice:
 
 def build_voice(voice: Voice) -> Tuple[torch.nn.Module, torch.nn.Module]:
     """(acoustic, vocoder) in eval mode with the voice's weights."""
-    from variants.models import ModelConfig, build_acoustic, build_vocoder
+    from devices.ondevice.models import ModelConfig, build_acoustic, build_vocoder
 
     cfg = ModelConfig.from_dict(voice.model_config)
     acoustic = build_acoustic(cfg.acoustic)

@@ -4,7 +4,8 @@ A factory is ``factory(config: dict | None, seed: int) -> (acoustic, vocoder)`` 
 ``nn.Module`` objects that obey the reference model's call conventions:
 
 * ``acoustic(sy=, tone=, syllable_flag=, word_segment=, emotion=, speaker=)`` (LongTensor [1, T] each, from
-  ``variants.frontend.text_to_ids(...).to_tensors()``) returns an object with ``.mel`` [1, frames, 80] and
+  ``devices.ondevice.frontend.text_to_ids(...).to_tensors()``) returns an object with ``.mel``
+  [1, frames, 80] and
   ``.durations`` [1, T]; ``acoustic(..., durations=d)`` forces those durations (used by the quality proxies);
 * ``vocoder(mel.transpose(1, 2))`` returns audio [1, 1, samples] at 16 kHz.
 
@@ -60,7 +61,7 @@ def build_models(spec: str, config: Optional[Mapping[str, Any]], seed: int) -> T
 
 def check_conventions(spec: str, config: Optional[Mapping[str, Any]], seed: int = 0) -> None:
     """Run one short sentence through a user's model and check the call conventions; VariantsError if not."""
-    from variants.frontend import text_to_ids
+    from devices.ondevice.frontend import text_to_ids
 
     acoustic, vocoder = build_models(spec, config, seed)
     inputs = text_to_ids(CHECK_TEXT, emotion="happy").to_tensors()

@@ -93,7 +93,7 @@ class Reference:
 
 def evaluation_sentences(n_sentences: int = 2, seed: int = 0) -> List[Tuple[str, str]]:
     """The fixed evaluation sentences: the first ``n_sentences`` short ones of the default corpus."""
-    from variants.corpus import default_corpus
+    from devices.ondevice.corpus import default_corpus
 
     corpus = default_corpus(seed=seed)
     short = [s for s in corpus if s.length_class == "short"] or list(corpus)
@@ -108,7 +108,7 @@ def build_reference(
 ) -> Reference:
     """Run the original acoustic model on every (sentence, emotion) with the sentence's neutral durations.
     ``symbols``: the voice's symbol table (None: the frontend's built-in one)."""
-    from variants.frontend import EMOTIONS, text_to_ids
+    from devices.ondevice.frontend import EMOTIONS, text_to_ids
 
     sentences = list(sentences) if sentences is not None else evaluation_sentences()
     emotions = tuple(emotions or EMOTIONS)

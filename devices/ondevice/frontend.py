@@ -2,7 +2,8 @@
 
 An approximation of ModelScope's closed-source frontend (ttsfrd) with the same vocabulary and the same length
 statistics (about 2 phones per character). Every phone gets six symbol names, as in ttsfrd's
-``{phone$tone$syllable_flag$word_segment$emotion$speaker}`` tokens; a ``variants.symbols.SymbolTable`` (the
+``{phone$tone$syllable_flag$word_segment$emotion$speaker}`` tokens; a
+``devices.ondevice.symbols.SymbolTable`` (the
 voice's dictionaries, or ``builtin_table()`` for edgebench's seeded presets) turns them into ids.
 
 * normalisation: NFKC (full-width letters, digits and punctuation become half-width); digit runs are read
@@ -48,8 +49,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from variants.errors import FrontendError
-from variants.symbols import (
+from devices.ondevice.errors import FrontendError
+from devices.ondevice.symbols import (
     EMOTION_TYPES,
     PAUSE,
     STREAMS,

@@ -205,7 +205,7 @@ class ModelConfig:
     """Acoustic model + vocoder (+ the voice's symbol tables). ``to_dict()`` / ``from_dict()`` round-trip
     through JSON. ``symbols`` maps each input stream (sy, tone, syllable_flag, word_segment, emotion,
     speaker) to its ordered symbol names (a loaded voice's dictionaries); None means edgebench's built-in
-    table (``variants.symbols.builtin_table``), which the seeded presets use."""
+    table (``devices.ondevice.symbols.builtin_table``), which the seeded presets use."""
 
     acoustic: SambertConfig = field(default_factory=SambertConfig)
     vocoder: HifiGanConfig = field(default_factory=HifiGanConfig)

@@ -4,7 +4,7 @@
         "edgebench.protocol", "version": 1, "processes": 3, ...}' [--sentence-ids IDS --work-dir DIR]
     python3 edgebench_agent.py facts
 
-The protocol is one versioned document (``devices.protocol.Protocol.to_document``) with every value
+The protocol is one versioned document (``devices.ondevice.protocol.Protocol.to_document``) with every value
 given: the defaults live on the controller only.
 
 stdout carries exactly one JSON document; logs go to stderr. Exit status: 0 record ok, 1 record
@@ -18,9 +18,9 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from devices.agent import facts as facts_mod
-from devices.agent import supervisor
-from devices.agent.format import FACTS_FORMAT, FACTS_VERSION, STATUS_OK
+from devices.ondevice.agent import facts as facts_mod
+from devices.ondevice.agent import supervisor
+from devices.ondevice.agent.format import FACTS_FORMAT, FACTS_VERSION, STATUS_OK
 
 LENGTH_CLASSES = ("short", "medium", "long")
 
@@ -62,8 +62,8 @@ def _ids(text: str) -> list:
 
 
 def _protocol(text: str):
-    from devices.errors import DevicesError
-    from devices.protocol import Protocol
+    from devices.ondevice.errors import DevicesError
+    from devices.ondevice.protocol import Protocol
 
     try:
         return Protocol.from_document(json.loads(text))

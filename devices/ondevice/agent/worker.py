@@ -1,6 +1,6 @@
 """One measured process: import, load, first inference, warmup, steady state. Prints one JSON document.
 
-Started by the supervisor as ``python -m devices.agent.worker ...`` in a fresh interpreter, so every
+Started by the supervisor as ``python -m devices.ondevice.agent.worker ...`` in a fresh interpreter, so every
 phase (import of torch and the model code included) is paid again, as a user's process would pay it.
 Only the final JSON goes to stdout (file descriptor 1 is pointed at stderr while the model code runs,
 so a stray print cannot corrupt it); logs go to stderr.
@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Callable, List, Optional, Sequence
 
-from devices.agent.format import PHASE_FIELDS, field_names
+from devices.ondevice.agent.format import PHASE_FIELDS, field_names
 
 SAMPLE_RATE = 16000  # Hz of the vocoder's output (contracts.md: 16 kHz, hop 200)
 
@@ -25,7 +25,7 @@ SAMPLE_RATE = 16000  # Hz of the vocoder's output (contracts.md: 16 kHz, hop 200
 WORKER_KEYS = ("status", "error", "phases", "samples", "stop_reason", "steady_s", "warmup_done",
                "threads", "torch", "quantized_engine")
 # Also printed (optional for the supervisor): "interference", the process-level numbers and what is left
-# disturbed after re-measuring (see devices.agent.interference).
+# disturbed after re-measuring (see devices.ondevice.agent.interference).
 
 
 PHASES = field_names(PHASE_FIELDS)
@@ -138,7 +138,7 @@ def remeasure(plan: Sequence, synth: Callable[[object], dict], samples: List[dic
     ``REMEASURE_FRACTION`` of the steady state (at least 2), never past the deadline. A re-measured
     sample is appended (``remeasure_of`` names the original); statistics skip the disturbed ones. Returns
     the interference summary with ``samples_disturbed``, ``remeasured`` and ``unreplaced``."""
-    from devices.agent import interference
+    from devices.ondevice.agent import interference
 
     reasons = interference.flag(samples, threads, n_cpus)
     budget = max(2, int(len(samples) * interference.REMEASURE_FRACTION + 0.999))
@@ -200,7 +200,7 @@ class Synthesizer:
     def __init__(self, frontend_module, acoustic, vocoder, clock: Callable[[], float], symbols=None) -> None:
         self.frontend = frontend_module
         self.symbols = symbols  # the voice's symbol table (None: the frontend's built-in one)
-        from devices.agent.interference import Probe
+        from devices.ondevice.agent.interference import Probe
 
         self.probe = Probe()
         self.acoustic = acoustic
@@ -245,11 +245,11 @@ def run(args, started: float, phases: dict, clock: Callable[[], float] = time.pe
     t = clock()
     import torch
 
-    from variants import artifact, corpus, frontend
-    from variants import models as _models  # noqa: F401 - part of the model code a user's process imports
+    from devices.ondevice import artifact, corpus, frontend, load
+    from devices.ondevice import models as _models  # noqa: F401 - part of the model code a user's process imports
 
     phases["import_s"] = clock() - t
-    from devices.protocol import Protocol
+    from devices.ondevice.protocol import Protocol
 
     protocol = Protocol.from_document(json.loads(args.protocol))
     if protocol.threads:
@@ -257,24 +257,24 @@ def run(args, started: float, phases: dict, clock: Callable[[], float] = time.pe
     # The sha256 check runs before the load timers: a user's process loading a model does not hash it.
     artifact.verify_files(args.artifact)
     t = clock()
-    acoustic = artifact.load_component(args.artifact, "acoustic", verify=False)
+    acoustic = load.load_component(args.artifact, "acoustic", verify=False)
     phases["acoustic_load_s"] = clock() - t
     t = clock()
-    vocoder = artifact.load_component(args.artifact, "vocoder", verify=False)
+    vocoder = load.load_component(args.artifact, "vocoder", verify=False)
     phases["vocoder_load_s"] = clock() - t
     acoustic.eval()
     vocoder.eval()
 
     ids = args.sentence_ids.split(",") if args.sentence_ids else None
     plan, block = make_plan(corpus, frontend.EMOTIONS, list(protocol.sentences), protocol.seed, ids)
-    symbols = artifact.symbol_table(artifact.read_config(args.artifact))
+    symbols = load.symbol_table(artifact.read_config(args.artifact))
     synth = Synthesizer(frontend, acoustic, vocoder, clock, symbols)
     rule = StopRule(protocol.min_iters, protocol.min_seconds, protocol.max_iters, block, deadline)
     with torch.inference_mode():
         measured = measure_phases(synth, plan, protocol.warmup, rule, clock)
     first_s, warmup_done, samples, reason, steady_s = measured
     phases["first_inference_s"] = first_s
-    from devices.agent.interference import allowed_cpus
+    from devices.ondevice.agent.interference import allowed_cpus
 
     with torch.inference_mode():
         interference = remeasure(
@@ -311,8 +311,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sys.stdout = sys.stderr
     phases = dict.fromkeys(PHASES)
     try:
-        from devices.errors import DevicesError
-        from variants.errors import VariantsError
+        from devices.ondevice.errors import DevicesError, VariantsError
 
         try:
             doc = run(args, started, phases)

@@ -2,7 +2,7 @@
 
 ``build_acoustic(cfg, seed)`` / ``build_vocoder(cfg, seed)`` return modules in eval mode whose weights are
 bit-identical for the same config, seed and torch version in any process; the global RNG is left as it was.
-``reference(cfg_dict, seed)`` is the artifact factory ``variants.models:reference``.
+``reference(cfg_dict, seed)`` is the artifact factory ``devices.ondevice.models:reference``.
 
 Runs on the device too (travels in the agent bundle): Python 3.8+, torch 1.13+.
 """

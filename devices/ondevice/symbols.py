@@ -1,6 +1,6 @@
 """Symbol tables: KAN-TTS symbol names -> the ids of Sambert's six embedding tables.
 
-The frontend (``variants.frontend``) emits symbol *names* in the KAN-TTS vocabulary (``n_c``, ``tone3``,
+The frontend (``frontend``) emits symbol *names* in the KAN-TTS vocabulary (``n_c``, ``tone3``,
 ``s_begin``, ``word_end``, ``#1``, ``emotion_happy``, a speaker name); a ``SymbolTable`` turns them into ids.
 A real ModelScope voice brings its own table (``read_voice_tables``: the voice's ``dict/PinYin/PhoneSet.xml``
 and ``tonelist.txt`` plus the speaker list of its ``am/config.yaml``); edgebench's seeded presets use
@@ -30,7 +30,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from variants.errors import ArtifactError, FrontendError, ModelDirError
+from devices.ondevice.errors import ArtifactError, FrontendError, ModelDirError
 
 STREAMS = ("sy", "tone", "syllable_flag", "word_segment", "emotion", "speaker")
 #: Appended to every table: padding, end of sequence, mask.

@@ -9,7 +9,7 @@ Record versions (bump RECORD_VERSION and keep a line here when the meaning of a 
   2 -- interference: samples carry cpu_s, others_cpu_s, psi_some_s and ``disturbed``; a disturbed sample
        is measured again within a budget and the re-measurement appended (``remeasure_of``), so a process
        may hold more samples than its steady state; processes carry ``disturbed``, ``disturbed_reason``
-       and ``interference`` (devices.agent.interference).
+       and ``interference`` (devices.ondevice.agent.interference).
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ PROTOCOL_FIELDS = (
 
 PHASE_FIELDS = (
     Field("import_s", "float", True, "import torch and the model code"),
-    Field("acoustic_load_s", "float", True, "variants.artifact.load_component(acoustic)"),
-    Field("vocoder_load_s", "float", True, "variants.artifact.load_component(vocoder)"),
+    Field("acoustic_load_s", "float", True, "devices.ondevice.load.load_component(acoustic)"),
+    Field("vocoder_load_s", "float", True, "devices.ondevice.load.load_component(vocoder)"),
     Field("first_inference_s", "float", True, "first full synthesis; never part of the samples"),
 )
 
@@ -130,7 +130,7 @@ PROCESS_FIELDS = (
     Field("disturbed", "bool", False, "interference left after re-measuring, or a throttled device", False),
     Field("disturbed_reason", "str", True, "what disturbed it (null when not disturbed)", False),
     Field("interference", "dict", True, "cpu_share, contention, psi_some_frac, samples_disturbed, "
-          "remeasured, unreplaced (devices.agent.interference)", False),
+          "remeasured, unreplaced (devices.ondevice.agent.interference)", False),
     Field("samples", "list", False, "SAMPLE_FIELDS, one per steady-state iteration, then re-measurements"),
 )
 

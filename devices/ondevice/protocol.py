@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 
-from devices.errors import DevicesError
+from devices.ondevice.errors import DevicesError
 
 LENGTH_CLASSES = ("short", "medium", "long")
 

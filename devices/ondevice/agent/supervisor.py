@@ -24,8 +24,8 @@ import tempfile
 import time
 from typing import Callable, List, Optional, Sequence
 
-from devices.agent import facts as facts_mod
-from devices.agent.format import (
+from devices.ondevice.agent import facts as facts_mod
+from devices.ondevice.agent.format import (
     AGENT_VERSION,
     PHASE_FIELDS,
     RECORD_FORMAT,
@@ -34,7 +34,7 @@ from devices.agent.format import (
     STATUS_OK,
     field_names,
 )
-from devices.agent.worker import WORKER_KEYS
+from devices.ondevice.agent.worker import WORKER_KEYS
 
 LOCK_NAME = "measure.lock"
 #: The process that started the agent (the controller, or the SSH session that carries its command).
@@ -55,9 +55,9 @@ MAX_ERROR_CHARS = 4000   # the record's error text (every failed process, joined
 
 def bundle_root() -> str:
     """The directory (or zip) the ``devices`` package was imported from: the workers' PYTHONPATH."""
-    import devices
+    import devices.ondevice as package
 
-    return os.path.dirname(os.path.dirname(os.path.abspath(devices.__file__)))
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(package.__file__))))
 
 
 def default_work_dir(artifact: str) -> str:
@@ -69,14 +69,16 @@ def default_work_dir(artifact: str) -> str:
 
 
 def read_content_hash(artifact: str):
-    """(content_hash, None) from the artifact's manifest.json, or (None, error text)."""
-    path = os.path.join(artifact, "manifest.json")
+    """(content_hash, None) from the artifact's manifest (the format's one reader, with its version
+    check), or (None, error text)."""
+    from devices.ondevice.artifact import read_manifest
+    from devices.ondevice.errors import ArtifactError
+
     try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as exc:
-        return None, f"artifact {artifact}: cannot read manifest.json: {exc}"
-    value = manifest.get("content_hash") if isinstance(manifest, dict) else None
+        manifest = read_manifest(artifact)
+    except ArtifactError as exc:
+        return None, str(exc)
+    value = manifest.get("content_hash")
     if not isinstance(value, str):
         return None, f"artifact {artifact}: manifest.json has no content_hash; rebuild the artifact"
     return value, None
@@ -191,7 +193,7 @@ def _signal_name(code: int) -> str:
 
 
 def worker_argv(args: dict, deadline_s: float) -> List[str]:
-    argv = [sys.executable, "-m", "devices.agent.worker",
+    argv = [sys.executable, "-m", "devices.ondevice.agent.worker",
             "--artifact", args["artifact"],
             "--protocol", args["protocol"],
             "--deadline-s", repr(float(deadline_s))]  # fmt: skip
@@ -341,8 +343,8 @@ def measure(artifact: str, variant: str, protocol, work_dir: Optional[str] = Non
             sentence_ids: Optional[Sequence[str]] = None,
             poll_interval: float = POLL_INTERVAL_S, log: Optional[Callable[[str], None]] = None) -> dict:
     """Measure one variant in ``protocol.processes`` fresh worker processes (``protocol``: a
-    ``devices.protocol.Protocol``, passed on to each worker as its document); returns the record (never
-    raises for a device-side failure: the record's status and error say what happened)."""
+    ``devices.ondevice.protocol.Protocol``, passed on to each worker as its document); returns the record
+    (never raises for a device-side failure: the record's status and error say what happened)."""
     import json as _json
 
     processes, timeout_s, hot_limit_c = protocol.processes, protocol.timeout_s, protocol.hot_limit_c

@@ -14,7 +14,7 @@ import shutil
 import socket
 import subprocess
 
-from devices.agent.format import empty_facts
+from devices.ondevice.agent.format import empty_facts
 
 PROC = "/proc"
 SYS_CPU = "/sys/devices/system/cpu"
