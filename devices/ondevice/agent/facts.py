@@ -24,6 +24,18 @@ SYS_THERMAL = "/sys/class/thermal"
 # limit -- "now"; bits 16..19 are the same conditions "has occurred since boot".
 THROTTLE_NOW_MASK = 0xF
 THROTTLE_OCCURRED_MASK = 0xF0000
+#: vcgencmd get_throttled bit -> condition (bit + 16 is the same condition "since boot").
+THROTTLE_BITS = {0: "under-voltage", 1: "arm frequency capped", 2: "throttled", 3: "soft temperature limit"}
+DEVICE_TREE_MODEL = "/proc/device-tree/model"
+#: ARM cores by (CPU implementer, CPU part) of /proc/cpuinfo (the kernel's arm64 cputype table).
+ARM_PARTS = {
+    ("0x41", "0xd03"): "Cortex-A53", ("0x41", "0xd04"): "Cortex-A35", ("0x41", "0xd05"): "Cortex-A55",
+    ("0x41", "0xd07"): "Cortex-A57", ("0x41", "0xd08"): "Cortex-A72", ("0x41", "0xd09"): "Cortex-A73",
+    ("0x41", "0xd0a"): "Cortex-A75", ("0x41", "0xd0b"): "Cortex-A76", ("0x41", "0xd0c"): "Neoverse-N1",
+    ("0x41", "0xd0d"): "Cortex-A77", ("0x41", "0xd41"): "Cortex-A78", ("0x41", "0xd42"): "Cortex-A78AE",
+    ("0x41", "0xd44"): "Cortex-X1", ("0x41", "0xd46"): "Cortex-A510", ("0x41", "0xd47"): "Cortex-A710",
+    ("0x41", "0xd4b"): "Cortex-A78C", ("0x4e", "0x004"): "NVIDIA Carmel",
+}
 # A frequency cap below this fraction of the hardware maximum counts as throttling.
 FREQ_CAP_RATIO = 0.85
 # Thermal zones whose type names the CPU/SoC (preferred over battery, wifi, ... zones).
@@ -50,9 +62,12 @@ def _read_number(path: str):
 
 
 def _cpuinfo() -> dict:
-    """First occurrence of each key of /proc/cpuinfo."""
+    return parse_cpuinfo(_read(os.path.join(PROC, "cpuinfo")) or "")
+
+
+def parse_cpuinfo(text: str) -> dict:
+    """First occurrence of each key of a /proc/cpuinfo text."""
     info = {}
-    text = _read(os.path.join(PROC, "cpuinfo")) or ""
     for line in text.splitlines():
         key, sep, value = line.partition(":")
         if sep:
@@ -65,6 +80,49 @@ def cpu_model(cpuinfo: dict):
         if cpuinfo.get(key):
             return cpuinfo[key]
     return platform.processor() or None
+
+
+def board_model(path: str = DEVICE_TREE_MODEL):
+    """The board as its device tree names it ("Raspberry Pi 5 Model B Rev 1.0"), or None (no device tree:
+    x86 machines, most VMs)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(512)
+    except OSError:
+        return None
+    text = raw.split(b"\0", 1)[0].decode("utf-8", "replace").strip()
+    return text or None
+
+
+def cpu_part(cpuinfo: dict):
+    """"Cortex-A72 (0x41:0xd08)" from an ARM /proc/cpuinfo (implementer:part when the core is not in
+    ARM_PARTS), or None where cpuinfo has no CPU part (x86)."""
+    implementer = cpuinfo.get("CPU implementer", "").lower()
+    part = cpuinfo.get("CPU part", "").lower()
+    if not part:
+        return None
+    name = ARM_PARTS.get((implementer, part))
+    return f"{name} ({implementer}:{part})" if name else f"{implementer or '?'}:{part}"
+
+
+def cpu_features(cpuinfo: dict):
+    """The Features line of an ARM /proc/cpuinfo as a list (x86's long ``flags`` are not kept), or None."""
+    text = cpuinfo.get("Features")
+    return text.split() if text else None
+
+
+def throttled_conditions(flags):
+    """``vcgencmd get_throttled``'s value ("0x50005") as conditions: "<condition> now" for bits 0-3 and
+    "<condition> since boot" for bits 16-19; None when the value is unknown."""
+    if not isinstance(flags, str):
+        return None
+    try:
+        value = int(flags, 16)
+    except ValueError:
+        return None
+    out = [f"{name} now" for bit, name in THROTTLE_BITS.items() if value >> bit & 1]
+    out += [f"{name} since boot" for bit, name in THROTTLE_BITS.items() if value >> (bit + 16) & 1]
+    return out
 
 
 def _meminfo() -> dict:
@@ -161,6 +219,10 @@ def collect(import_torch: bool = False) -> dict:
     facts["freq_cap_mhz"] = _freq_mhz("scaling_max_freq")
     facts["temp_c"] = read_temp_c()
     facts["throttled_flags"] = read_throttled_flags()
+    facts["throttled_conditions"] = throttled_conditions(facts["throttled_flags"])
+    facts["board_model"] = board_model()
+    facts["cpu_part"] = cpu_part(info)
+    facts["cpu_features"] = cpu_features(info)
     try:
         facts["load_avg"] = [round(x, 2) for x in os.getloadavg()]
     except (AttributeError, OSError):

@@ -64,6 +64,13 @@ FACT_FIELDS = (
     Field("torch", "str", True, "torch version"),
     Field("quantized_engine", "str", True, "torch.backends.quantized.engine"),
     Field("hostname", "str", True, "socket.gethostname()"),
+    Field("board_model", "str", True, "/proc/device-tree/model (Raspberry Pi, Jetson); null elsewhere",
+          False),
+    Field("cpu_part", "str", True, "ARM core named from /proc/cpuinfo CPU implementer/part, e.g. "
+          "'Cortex-A76 (0x41:0xd0b)'", False),
+    Field("cpu_features", "list", True, "/proc/cpuinfo Features of an ARM core (asimd, asimddp, ...)", False),
+    Field("throttled_conditions", "list", True, "throttled_flags decoded, e.g. ['under-voltage now', "
+          "'throttled since boot']", False),
 )
 
 PROTOCOL_FIELDS = (
@@ -77,6 +84,8 @@ PROTOCOL_FIELDS = (
     Field("sentences", "list", False, "length classes of the corpus measured", False),
     Field("seed", "int", False, "seed of the corpus schedule", False),
     Field("sentence_ids", "list", True, "only these corpus sentences (null: all of the classes)", False),
+    Field("quantized_engine", "str", True, "engine asked for (null: the board's default; the engine used is "
+          "in facts_before)", False),
 )
 
 PHASE_FIELDS = (
@@ -131,6 +140,9 @@ PROCESS_FIELDS = (
     Field("disturbed_reason", "str", True, "what disturbed it (null when not disturbed)", False),
     Field("interference", "dict", True, "cpu_share, contention, psi_some_frac, samples_disturbed, "
           "remeasured, unreplaced (devices.ondevice.agent.interference)", False),
+    Field("outputs", "dict", True, "one sentence's durations, mel and waveform for the controller to compare "
+          "(devices.ondevice.outputs; the controller replaces it with output_check)", False),
+    Field("output_check", "dict", True, "the controller's comparison of outputs with its own", False),
     Field("samples", "list", False, "SAMPLE_FIELDS, one per steady-state iteration, then re-measurements"),
 )
 
