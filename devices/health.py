@@ -29,7 +29,7 @@ CHECK_TIMEOUT_S = 90.0     # importing torch on a cold Pi takes tens of seconds
 
 # Runs on the device: python -c HEALTH_SNIPPET WORK_DIR ; prints one JSON object.
 HEALTH_SNIPPET = r"""
-import glob, json, os, platform, shutil, socket, sys, time
+import glob, json, os, platform, shutil, signal, socket, subprocess, sys, time
 work = os.path.abspath(os.path.expanduser(sys.argv[1]))
 # "os" and "cpu_model" are read exactly as devices/ondevice/agent/facts.py reads them: the device identity
 # (devices.measure.device_identity) must not depend on which of the two reported the facts.
@@ -85,15 +85,36 @@ for key in ("model name", "Model", "Hardware", "cpu model", "Processor"):
     if cpuinfo.get(key):
         model = cpuinfo[key]; break
 facts["cpu_model"] = model or platform.processor() or None
+# torch is imported in a child interpreter: a torch built for newer CPU features than the board has dies
+# with SIGILL at import, which must become a reason here, not a lost SSH session (sys.executable is the
+# board's python command, so this also works where the interpreter is started through a wrapper).
+probe = ("import json, torch; print(json.dumps({'torch': str(torch.__version__), "
+         "'engine': str(torch.backends.quantized.engine), "
+         "'engines': [str(e) for e in torch.backends.quantized.supported_engines]}))")
 t0 = time.time()
+facts["torch"] = None
 try:
-    import torch
-    facts["torch"] = str(torch.__version__).split("+")[0]
+    proc = subprocess.run([sys.executable, "-c", probe], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          timeout=float(sys.argv[2]) if len(sys.argv) > 2 else None)
     facts["torch_import_s"] = round(time.time() - t0, 3)
-    facts["quantized_engine"] = str(torch.backends.quantized.engine)
-    facts["quantized_engines"] = [str(e) for e in torch.backends.quantized.supported_engines]
-except Exception as exc:
-    facts["torch"] = None
+    if proc.returncode == 0:
+        got = json.loads(proc.stdout.decode("utf-8", "replace").strip().splitlines()[-1])
+        facts["torch"] = got["torch"].split("+")[0]
+        facts["quantized_engine"] = got["engine"]
+        facts["quantized_engines"] = got["engines"]
+    elif proc.returncode < 0:
+        try:
+            name = signal.Signals(-proc.returncode).name
+        except ValueError:
+            name = "signal %d" % -proc.returncode
+        facts["torch_error"] = "import torch died with %s" % name
+        facts["torch_signal"] = name
+    else:
+        lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        facts["torch_error"] = lines[-1] if lines else "exit %d" % proc.returncode
+except subprocess.TimeoutExpired:
+    facts["torch_error"] = "import torch took longer than %ss" % sys.argv[2]
+except (OSError, ValueError, KeyError, IndexError) as exc:
     facts["torch_error"] = "%s: %s" % (type(exc).__name__, exc)
 print(json.dumps(facts))
 """
@@ -125,14 +146,28 @@ def _version_tuple(text: str) -> tuple:
     return tuple(parts)
 
 
-def judge(facts: dict) -> tuple:
-    """(reason or None, warnings) for facts reported by HEALTH_SNIPPET."""
+#: What a signal at ``import torch`` means for the person preparing the board.
+SIGNAL_HINTS = {
+    "SIGILL": "illegal instruction: this torch build uses CPU instructions this CPU lacks (e.g. torch >= 2.6 "
+              "from PyPI needs ARMv8.2 and dies on a Pi 4's Cortex-A72); install a torch line built for this "
+              "CPU (README: preparing a Raspberry Pi)",
+    "SIGBUS": "bus error: a damaged torch install or a full disk",
+    "SIGSEGV": "segmentation fault: a torch build that does not match this system's libraries",
+}
+
+
+def judge(facts: dict, quantized_engine: str | None = None) -> tuple:
+    """(reason or None, warnings) for facts reported by HEALTH_SNIPPET; ``quantized_engine`` is the
+    engine the device is configured to use (None: the board's default)."""
     problems, warnings = [], []
     python = facts.get("python") or "?"
     if _version_tuple(python) < MIN_PYTHON:
         problems.append(f"Python {python} < {'.'.join(map(str, MIN_PYTHON))}")
     torch = facts.get("torch")
-    if not torch:
+    if not torch and facts.get("torch_signal") in SIGNAL_HINTS:
+        problems.append(f"torch cannot run on this CPU: {facts.get('torch_error')} "
+                        f"({SIGNAL_HINTS[facts['torch_signal']]})")
+    elif not torch:
         problems.append(f"torch not importable ({facts.get('torch_error', 'not installed')})")
     elif _version_tuple(torch) < MIN_TORCH:
         problems.append(f"torch {torch} < {'.'.join(map(str, MIN_TORCH))}")
@@ -147,6 +182,10 @@ def judge(facts: dict) -> tuple:
     temp = facts.get("temp_c")
     if isinstance(temp, (int, float)) and temp >= MAX_TEMP_C:
         problems.append(f"too hot: {temp:.0f} °C (limit {MAX_TEMP_C:.0f} °C; let it cool down)")
+    engines = facts.get("quantized_engines")
+    if torch and quantized_engine and isinstance(engines, list) and quantized_engine not in engines:
+        problems.append(f"quantized_engine {quantized_engine!r} is not supported by torch {torch} here "
+                        f"(supported: {', '.join(engines) or 'none'})")
     if torch and facts.get("quantized_engine") in (None, "none"):
         warnings.append("torch has no quantized engine: quantized variants will fail on this device")
     if free is None:
@@ -160,7 +199,8 @@ def check(transport: Transport, device: Device, timeout: float = CHECK_TIMEOUT_S
     """Health of one device; device failures become ``Health(ok=False, reason=...)``, never exceptions."""
     start = time.monotonic()
     try:
-        result = transport.run([device.python, "-c", HEALTH_SNIPPET, transport.work_dir], timeout=timeout)
+        argv = [device.python, "-c", HEALTH_SNIPPET, transport.work_dir, f"{timeout * 0.9:g}"]
+        result = transport.run(argv, timeout=timeout)
     except DevicesError as exc:   # unreachable, untrusted host key, timeout: the device is ineligible
         what = "host key" if isinstance(exc, HostKeyError) else "unreachable"
         return Health(False, f"{what}: {exc}", {}, device.name, (), time.monotonic() - start,
@@ -178,7 +218,7 @@ def check(transport: Transport, device: Device, timeout: float = CHECK_TIMEOUT_S
     except (ValueError, IndexError):
         return Health(False, f"health check printed no facts: {result.stdout[-200:]!r}", {}, device.name,
                       (), elapsed)
-    reason, warnings = judge(facts)
+    reason, warnings = judge(facts, getattr(device, "quantized_engine", None))
     return Health(reason is None, reason, facts, device.name, tuple(warnings), elapsed)
 
 

@@ -12,6 +12,7 @@ threads = 4
 work_dir = "~/.edgebench"       # default
 budget_class = "pi4"
 connect_timeout = 10            # seconds, default 10
+quantized_engine = "qnnpack"    # torch.backends.quantized.engine; default: the board's own
 
 [devices.local]                 # optional: tune the built-in device (this machine)
 cpus = 2                        # pin to 2 CPUs (sched_setaffinity / taskset)
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from devices.errors import InventoryError
-from devices.ondevice.protocol import MAX_THREADS
+from devices.ondevice.protocol import MAX_THREADS, QUANTIZED_ENGINES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -46,8 +47,8 @@ DEFAULT_WORK_DIR = "~/.edgebench"
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
 REMOTE_KEYS = ("host", "port", "user", "key_file", "python", "tags", "threads", "work_dir",
-               "budget_class", "connect_timeout")
-LOCAL_KEYS = ("python", "tags", "threads", "cpus", "work_dir", "budget_class")
+               "budget_class", "connect_timeout", "quantized_engine")
+LOCAL_KEYS = ("python", "tags", "threads", "cpus", "work_dir", "budget_class", "quantized_engine")
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Device:
     work_dir: str | None = None
     budget_class: str | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    quantized_engine: str | None = None     # None: the board's default engine
 
     @property
     def is_local(self) -> bool:
@@ -81,7 +83,7 @@ class Device:
     def to_dict(self) -> dict:
         d: dict[str, Any] = {"name": self.name, "local": self.is_local, "tags": list(self.tags)}
         for key in ("host", "port", "user", "key_file", "python", "threads", "cpus", "work_dir",
-                    "budget_class", "connect_timeout"):
+                    "budget_class", "connect_timeout", "quantized_engine"):
             d[key] = getattr(self, key)
         return d
 
@@ -203,6 +205,12 @@ def parse_device(name: str, table: Any, source: str = "devices.toml") -> Device:
     if "threads" in table:
         values["threads"] = _check_int(source, k("threads"), table["threads"], 1, MAX_THREADS,
                                        f"an integer >= 1 and <= {MAX_THREADS}")
+    if "quantized_engine" in table:
+        engine = table["quantized_engine"]
+        if engine not in QUANTIZED_ENGINES:
+            raise _fail(source, k("quantized_engine"),
+                        f"expected one of {', '.join(QUANTIZED_ENGINES)}, got {engine!r}")
+        values["quantized_engine"] = engine
     if "cpus" in table:
         values["cpus"] = _check_int(source, k("cpus"), table["cpus"], 1, 4096, "an integer >= 1")
     if "tags" in table:

@@ -29,22 +29,28 @@ STDERR_TAIL_LINES = 5
 
 
 def effective_protocol(device: Device, protocol: Protocol) -> Protocol:
-    """The device's ``threads`` applies when the protocol leaves threads to the default."""
+    """The device's ``threads`` and ``quantized_engine`` apply where the protocol leaves them unset."""
     if protocol.threads is None and getattr(device, "threads", None):
-        return dataclasses.replace(protocol, threads=device.threads)
+        protocol = dataclasses.replace(protocol, threads=device.threads)
+    if protocol.quantized_engine is None and getattr(device, "quantized_engine", None):
+        protocol = dataclasses.replace(protocol, quantized_engine=device.quantized_engine)
     return protocol
 
 
 def agent_command(agent_argv: list, remote_artifact: str, variant: str, protocol: Protocol,
-                  work_dir: str) -> list:
+                  work_dir: str, check_outputs: bool = False) -> list:
     """The argv of ``agent measure`` for one variant (each argument quoted by the transport)."""
     return [*agent_argv, "measure", "--artifact", remote_artifact, "--variant", variant,
-            "--work-dir", work_dir, *protocol.agent_args()]
+            "--work-dir", work_dir, *protocol.agent_args(), *(["--check-outputs"] if check_outputs else [])]
 
 
 def measure_variant(transport: Transport, device: Device, artifact_dir: Path, variant: str,
-                    protocol: Protocol, bundle: Bundle | None = None, state_dir: Path | None = None) -> dict:
+                    protocol: Protocol, bundle: Bundle | None = None, state_dir: Path | None = None,
+                    check_outputs: bool = False) -> dict:
     """Measure one variant on one device; returns the validated record.
+
+    check_outputs: the device also synthesises one sentence and this controller compares it with its own
+    (``check_device_outputs``); outputs beyond the tolerance fail the record.
 
     bundle: the agent bundle (built once per run by the caller); when None it is built (or taken from
     the cache) in ``state_dir``.
@@ -57,7 +63,8 @@ def measure_variant(transport: Transport, device: Device, artifact_dir: Path, va
     content_hash, _ = artifact_files(Path(artifact_dir))
     agent = ensure_bundle(transport, bundle)
     artifact = ensure_artifact(transport, Path(artifact_dir))
-    argv = agent_command(agent.agent_argv, artifact.remote_path, variant, protocol, transport.work_dir)
+    argv = agent_command(agent.agent_argv, artifact.remote_path, variant, protocol, transport.work_dir,
+                         check_outputs)
     result = transport.run(argv, timeout=protocol.transport_timeout())
     if not result.stdout.strip():
         tail = " | ".join(result.stderr.strip().splitlines()[-STDERR_TAIL_LINES:]) or "no output"
@@ -65,7 +72,58 @@ def measure_variant(transport: Transport, device: Device, artifact_dir: Path, va
             f"device {device.name!r}: the agent printed no record (exit {result.exit_code} after "
             f"{result.duration_s:.1f}s): {tail}"
         )
-    return parse_record(result.stdout, protocol=protocol, variant=variant, artifact=content_hash)
+    record = parse_record(result.stdout, protocol=protocol, variant=variant, artifact=content_hash)
+    if check_outputs:
+        check_device_outputs(record, Path(artifact_dir), protocol)
+    return record
+
+
+def check_device_outputs(record: dict, artifact_dir: Path, protocol: Protocol) -> None:
+    """Replace the device's ``outputs`` (first process) by ``output_check``, the comparison with this
+    controller's own synthesis of the same artifact (``devices.ondevice.outputs``). A record whose outputs
+    are beyond the tolerance, or that should carry outputs and does not, becomes failed with the reason."""
+    from devices.ondevice import corpus, frontend, load
+    from devices.ondevice import outputs as outputs_mod
+    from devices.ondevice.artifact import read_config
+
+    procs = [p for p in record.get("processes") or [] if isinstance(p.get("outputs"), dict)]
+    if record.get("status") != "ok":
+        for p in procs:
+            p.pop("outputs", None)
+        return
+    if not procs:
+        _fail_record(record, "the device did not report its outputs for the output check")
+        return
+    proc = procs[0]
+    sent = proc.pop("outputs")
+    for p in procs[1:]:
+        p.pop("outputs", None)
+    try:
+        sentence = next(s for s in corpus.default_corpus(seed=protocol.seed) if s.id == sent["sentence_id"])
+        config = read_config(artifact_dir)
+        precision = "int8" if config.get("transforms") else "fp32"
+        acoustic = load.load_component(artifact_dir, "acoustic", verify=False)
+        vocoder = load.load_component(artifact_dir, "vocoder", verify=False)
+        check = outputs_mod.compare(sent, frontend, load.symbol_table(config), acoustic, vocoder, sentence,
+                                    precision)
+    except (StopIteration, KeyError, TypeError, ValueError, RuntimeError) as exc:
+        _fail_record(record, f"the device's outputs for the output check are unusable: "
+                             f"{type(exc).__name__}: {str(exc)[:200]}")
+        return
+    proc["output_check"] = check
+    if not check["ok"]:
+        tol = check["tolerance"]
+        _fail_record(record, (
+            f"outputs differ from the controller's on sentence {check['sentence_id']} "
+            f"({check['precision']}, engine {check['quantized_engine']}): mel max |diff| "
+            f"{check['mel_max_abs']} (tolerance {tol['mel_max_abs']:g}), waveform max |diff| "
+            f"{check['wav_max_abs']} (tolerance {tol['wav_max_abs']:g}); {check['durations_differ']} of "
+            f"{check['phones']} phone durations differ"))
+
+
+def _fail_record(record: dict, error: str) -> None:
+    record["status"] = "failed"
+    record["error"] = f"{record['error']}; {error}" if record.get("error") else error
 
 
 def identity_mismatch(identity: dict, facts: dict) -> str | None:

@@ -165,6 +165,7 @@ def measure_device(
                 status, error = _one_process(
                     store, run_id, device, transport, artifacts[variant], variant, one, bundle, identity,
                     planned, final=need[variant] > 0 and extra[variant] <= 0,
+                    check_outputs=tries[variant] == 1,
                 )
                 if status in (OK, FAILED, TIMEOUT, UNREACHABLE, INELIGIBLE):
                     settle(variant, status, error)
@@ -195,11 +196,14 @@ def _one_process(
     identity: dict,
     planned: int,
     final: bool,
+    check_outputs: bool = False,
 ) -> tuple[str, str | None]:
     """Measure and store one process of a pair. Returns the pair's settled status (ok, failed, ...) with
-    its error, or COUNTED_PROCESS / DISTURBED_PROCESS while it stays partial."""
+    its error, or COUNTED_PROCESS / DISTURBED_PROCESS while it stays partial. ``check_outputs``: the first
+    process of a pair also checks the device's outputs against the controller's."""
     try:
-        rec = device_measure.measure_variant(transport, device, artifact, variant, protocol, bundle=bundle)
+        rec = device_measure.measure_variant(transport, device, artifact, variant, protocol, bundle=bundle,
+                                             check_outputs=check_outputs)
     except TransportError as exc:
         status, error = classify_transport_error(exc), f"{device.name}: {exc}"
     except RecordError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -11,6 +12,7 @@ from devices.errors import HostKeyError, TransportError
 from devices.health import Health, check, check_devices, judge
 from devices.inventory import local_device
 from devices.testing import FakeTransport
+from devices.transport import LocalTransport
 from harness.cli import main
 
 GOOD_FACTS = {"python": "3.8.10", "torch": "1.13.1", "quantized_engine": "qnnpack",
@@ -31,7 +33,7 @@ def test_good_device_is_eligible():
     h = check(t, t.device)
     assert h.ok and h.reason is None and h.facts["torch"] == "1.13.1" and h.warnings == ()
     argv = t.runs()[0].argv
-    assert argv[0] == t.device.python and argv[-1] == t.work_dir
+    assert argv[0] == t.device.python and argv[3] == t.work_dir
 
 
 @pytest.mark.parametrize("change, reason", [
@@ -45,6 +47,36 @@ def test_good_device_is_eligible():
 def test_ineligible_reasons(change, reason):
     ok_reason, _ = judge({**GOOD_FACTS, **change})
     assert reason in ok_reason
+
+
+def test_a_torch_that_dies_with_sigill_is_a_cpu_mismatch():
+    reason, _ = judge({**GOOD_FACTS, "torch": None, "torch_error": "import torch died with SIGILL",
+                       "torch_signal": "SIGILL"})
+    assert reason.startswith("torch cannot run on this CPU: import torch died with SIGILL "
+                             "(illegal instruction")
+
+
+def test_a_configured_engine_the_board_lacks_is_ineligible():
+    facts = {**GOOD_FACTS, "quantized_engines": ["qnnpack", "onednn"]}
+    assert judge(facts, "qnnpack") == (None, [])
+    reason, _ = judge(facts, "fbgemm")
+    assert reason == ("quantized_engine 'fbgemm' is not supported by torch 1.13.1 here "
+                      "(supported: qnnpack, onednn)")
+
+
+def test_local_board_whose_torch_dies_with_sigill(tmp_path):
+    """The health snippet imports torch in a child: a signal there is a reason, never a lost session."""
+    shim = tmp_path / "shim"
+    (shim / "torch").mkdir(parents=True)
+    (shim / "torch" / "__init__.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGILL)\n")
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={shim} exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    dev = local_device(python=str(python))
+    h = check(LocalTransport(dev, tmp_path / "work"), dev)
+    assert not h.ok and h.reachable
+    assert "torch cannot run on this CPU: import torch died with SIGILL (illegal instruction" in h.reason
+    assert h.facts["python"] and h.facts["torch"] is None
 
 
 def test_missing_engine_and_unknowns_are_warnings():

@@ -54,7 +54,7 @@ def _fake_device(monkeypatch, records_for, health_facts):
     monkeypatch.setattr(orchestrate, "open_transport", lambda *a, **k: Transport())
     monkeypatch.setattr(device_health, "check", lambda t, d: Health(True, None, dict(health_facts), d.name))
 
-    def measure_variant(transport, device, artifact, variant, protocol, bundle=None):
+    def measure_variant(transport, device, artifact, variant, protocol, bundle=None, check_outputs=False):
         calls.append((variant, protocol.processes))
         return records_for(variant)
 

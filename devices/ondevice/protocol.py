@@ -18,9 +18,10 @@ LENGTH_CLASSES = ("short", "medium", "long")
 
 # The protocol travels to the agent as one document (``Protocol.to_document``). Versions:
 #   1 -- the fields of Protocol (edgebench 0.2).
+#   2 -- quantized_engine: the board's quantized engine for the workers (None: torch's default there).
 PROTOCOL_FORMAT = "edgebench.protocol"
-PROTOCOL_VERSION = 1
-KNOWN_PROTOCOL_VERSIONS = (1,)
+PROTOCOL_VERSION = 2
+KNOWN_PROTOCOL_VERSIONS = (2,)
 
 # Time the agent may need beyond the measurement timeout: interpreter start, facts, lock, JSON out.
 AGENT_OVERHEAD_S = 60.0
@@ -40,6 +41,9 @@ BOUNDS = {
     "min_seconds": MAX_MIN_SECONDS, "threads": MAX_THREADS, "timeout_s": MAX_TIMEOUT_S, "seed": MAX_SEED,
     "hot_limit_c": MAX_HOT_LIMIT_C,
 }
+#: torch.backends.quantized.engine values a protocol may ask for (which of them a board's torch supports is
+#: its own: x86 builds have fbgemm/x86/onednn/qnnpack, aarch64 builds qnnpack/onednn).
+QUANTIZED_ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ class Protocol:
     sentences: length classes of the corpus to measure.
     seed: seed of the corpus schedule.
     hot_limit_c: a process is flagged ``hot`` above this temperature.
+    quantized_engine: ``torch.backends.quantized.engine`` in the workers (one of QUANTIZED_ENGINES);
+    None keeps the board's own default. Usually set per device (devices.toml), recorded with the result.
 
     Every value has an upper bound (``BOUNDS``), checked here, so that a typo (``min_seconds = 1e9``,
     ``processes = 5000``) is a configuration error before anything is built or measured, never a run
@@ -73,6 +79,7 @@ class Protocol:
     sentences: tuple[str, ...] = LENGTH_CLASSES
     seed: int = 0
     hot_limit_c: float = 80.0
+    quantized_engine: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sentences", tuple(self.sentences))
@@ -85,6 +92,9 @@ class Protocol:
         _check_number("min_seconds", self.min_seconds, minimum=0.0, maximum=MAX_MIN_SECONDS)
         _check_number("timeout_s", self.timeout_s, minimum=1.0, maximum=MAX_TIMEOUT_S)
         _check_number("hot_limit_c", self.hot_limit_c, minimum=0.0, maximum=MAX_HOT_LIMIT_C)
+        if self.quantized_engine is not None and self.quantized_engine not in QUANTIZED_ENGINES:
+            raise DevicesError(f"protocol: quantized_engine must be one of {', '.join(QUANTIZED_ENGINES)}, "
+                               f"got {self.quantized_engine!r}")
         if self.min_iters > self.max_iters:
             raise DevicesError(
                 f"protocol: min_iters ({self.min_iters}) is larger than max_iters ({self.max_iters})"
@@ -158,6 +168,7 @@ class Protocol:
             "timeout_s": float(self.timeout_s),
             "sentences": list(self.sentences),
             "seed": self.seed,
+            "quantized_engine": self.quantized_engine,
         }
 
 

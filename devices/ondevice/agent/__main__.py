@@ -86,6 +86,9 @@ def make_parser() -> argparse.ArgumentParser:
     m.add_argument("--work-dir", default=None, help="where the device lock lives (default: from --artifact)")
     m.add_argument("--poll-interval", type=_non_negative_float, default=supervisor.POLL_INTERVAL_S,
                    help="seconds between /proc samples of the worker")
+    m.add_argument("--check-outputs", action="store_true",
+                   help="the first process also synthesises one sentence for the controller to compare "
+                        "(devices.ondevice.outputs); outside every timed span")
     sub.add_parser("facts", help="print the device facts as JSON")
     return parser
 
@@ -107,6 +110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             doc = supervisor.measure(
                 artifact=args.artifact, variant=args.variant, protocol=args.protocol, work_dir=args.work_dir,
                 poll_interval=args.poll_interval, sentence_ids=args.sentence_ids,
+                check_outputs=args.check_outputs,
             )
             code = 0 if doc["status"] == STATUS_OK else 1
     finally:

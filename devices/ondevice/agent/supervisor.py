@@ -192,13 +192,15 @@ def _signal_name(code: int) -> str:
         return f"signal {-code}"
 
 
-def worker_argv(args: dict, deadline_s: float) -> List[str]:
+def worker_argv(args: dict, deadline_s: float, check_outputs: bool = False) -> List[str]:
     argv = [sys.executable, "-m", "devices.ondevice.agent.worker",
             "--artifact", args["artifact"],
             "--protocol", args["protocol"],
             "--deadline-s", repr(float(deadline_s))]  # fmt: skip
     if args.get("sentence_ids"):
         argv += ["--sentence-ids", ",".join(args["sentence_ids"])]
+    if check_outputs:
+        argv.append("--check-outputs")
     return argv
 
 
@@ -305,6 +307,8 @@ def process_record(index: int, run: dict, before: dict, after: dict, timeout_s: 
             phases[key] = doc["phases"].get(key)
         for key in ("threads", "warmup_done", "stop_reason", "steady_s"):
             rec[key] = doc[key]
+        if isinstance(doc.get("outputs"), dict):
+            rec["outputs"] = doc["outputs"]
         interference = doc.get("interference") if isinstance(doc.get("interference"), dict) else None
         rec["interference"] = interference
         if interference and interference.get("unreplaced"):
@@ -341,10 +345,12 @@ def process_record(index: int, run: dict, before: dict, after: dict, timeout_s: 
 
 def measure(artifact: str, variant: str, protocol, work_dir: Optional[str] = None,
             sentence_ids: Optional[Sequence[str]] = None,
-            poll_interval: float = POLL_INTERVAL_S, log: Optional[Callable[[str], None]] = None) -> dict:
+            poll_interval: float = POLL_INTERVAL_S, log: Optional[Callable[[str], None]] = None,
+            check_outputs: bool = False) -> dict:
     """Measure one variant in ``protocol.processes`` fresh worker processes (``protocol``: a
     ``devices.ondevice.protocol.Protocol``, passed on to each worker as its document); returns the record
-    (never raises for a device-side failure: the record's status and error say what happened)."""
+    (never raises for a device-side failure: the record's status and error say what happened).
+    ``check_outputs``: the first process also reports its outputs on one sentence (``outputs``)."""
     import json as _json
 
     processes, timeout_s, hot_limit_c = protocol.processes, protocol.timeout_s, protocol.hot_limit_c
@@ -377,7 +383,8 @@ def measure(artifact: str, variant: str, protocol, work_dir: Optional[str] = Non
                     break
                 log(f"process {index + 1}/{processes}: {variant} (up to {share:.0f}s)")
                 before = facts_mod.collect()
-                run = run_worker(worker_argv(args, share * SOFT_DEADLINE_FRACTION), share, poll_interval)
+                argv = worker_argv(args, share * SOFT_DEADLINE_FRACTION, check_outputs and index == 0)
+                run = run_worker(argv, share, poll_interval)
                 after = facts_mod.collect()
                 if run["stderr"].strip():
                     sys.stderr.write(run["stderr"] if run["stderr"].endswith("\n") else run["stderr"] + "\n")

@@ -254,6 +254,12 @@ def run(args, started: float, phases: dict, clock: Callable[[], float] = time.pe
     protocol = Protocol.from_document(json.loads(args.protocol))
     if protocol.threads:
         torch.set_num_threads(protocol.threads)
+    if protocol.quantized_engine:
+        supported = [str(e) for e in torch.backends.quantized.supported_engines]
+        if protocol.quantized_engine not in supported:
+            raise WorkerError(f"quantized engine {protocol.quantized_engine!r} is not supported by torch "
+                              f"{torch.__version__} here (supported: {', '.join(supported)})")
+        torch.backends.quantized.engine = protocol.quantized_engine
     # The sha256 check runs before the load timers: a user's process loading a model does not hash it.
     artifact.verify_files(args.artifact)
     t = clock()
@@ -280,12 +286,21 @@ def run(args, started: float, phases: dict, clock: Callable[[], float] = time.pe
         interference = remeasure(
             plan, synth, samples, torch.get_num_threads(), len(allowed_cpus()), rule, clock
         )
+    outputs_doc = None
+    if args.check_outputs and samples:
+        from devices.ondevice import outputs
+
+        sentence, emotion = plan[0]
+        outputs_doc = outputs.device_outputs(frontend, symbols, acoustic, vocoder, sentence, emotion,
+                                             str(torch.backends.quantized.engine))
     doc = {
         "status": "ok", "error": None, "phases": phases, "samples": samples, "stop_reason": reason,
         "steady_s": steady_s, "warmup_done": warmup_done, "threads": torch.get_num_threads(),
         "torch": str(torch.__version__), "quantized_engine": str(torch.backends.quantized.engine),
         "interference": interference,
     }
+    if outputs_doc is not None:
+        doc["outputs"] = outputs_doc
     if not samples:
         doc["status"] = "failed"
         doc["error"] = "the process's time share ran out before the first steady-state iteration"
@@ -297,6 +312,8 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     p.add_argument("--artifact", required=True)
     p.add_argument("--protocol", required=True, help="the edgebench.protocol document (JSON)")
     p.add_argument("--sentence-ids", default=None)
+    p.add_argument("--check-outputs", action="store_true",
+                   help="after measuring, synthesise the plan's first sentence once and print its outputs")
     p.add_argument("--deadline-s", type=float, default=None,
                    help="stop iterating this many seconds after the process started")
     return p.parse_args(argv)
