@@ -148,9 +148,9 @@ def _version_tuple(text: str) -> tuple:
 
 #: What a signal at ``import torch`` means for the person preparing the board.
 SIGNAL_HINTS = {
-    "SIGILL": "illegal instruction: this torch build uses CPU instructions this CPU lacks (e.g. torch >= 2.6 "
-              "from PyPI needs ARMv8.2 and dies on a Pi 4's Cortex-A72); install a torch line built for this "
-              "CPU (README: preparing a Raspberry Pi)",
+    "SIGILL": "illegal instruction: this torch build uses CPU instructions this CPU lacks (PyPI's aarch64 "
+              "torch 2.10 needs ARMv8.2 and dies on a Pi 4's Cortex-A72); install a torch built for this CPU "
+              "(README: preparing a real board)",
     "SIGBUS": "bus error: a damaged torch install or a full disk",
     "SIGSEGV": "segmentation fault: a torch build that does not match this system's libraries",
 }
@@ -218,7 +218,12 @@ def check(transport: Transport, device: Device, timeout: float = CHECK_TIMEOUT_S
     except (ValueError, IndexError):
         return Health(False, f"health check printed no facts: {result.stdout[-200:]!r}", {}, device.name,
                       (), elapsed)
-    reason, warnings = judge(facts, getattr(device, "quantized_engine", None))
+    engine = getattr(device, "quantized_engine", None)
+    reason, warnings = judge(facts, engine)
+    if engine and facts.get("torch"):
+        # what the workers will use: the device's setting (the board's default is kept beside it)
+        facts["quantized_engine_default"] = facts.get("quantized_engine")
+        facts["quantized_engine"] = engine
     return Health(reason is None, reason, facts, device.name, tuple(warnings), elapsed)
 
 

@@ -106,7 +106,7 @@ def check_device_outputs(record: dict, artifact_dir: Path, protocol: Protocol) -
         vocoder = load.load_component(artifact_dir, "vocoder", verify=False)
         check = outputs_mod.compare(sent, frontend, load.symbol_table(config), acoustic, vocoder, sentence,
                                     precision)
-    except (StopIteration, KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - bad outputs or a model that cannot redo them: this pair fails
         _fail_record(record, f"the device's outputs for the output check are unusable: "
                              f"{type(exc).__name__}: {str(exc)[:200]}")
         return

@@ -180,6 +180,19 @@ class ProcessInfo:
     remeasured: int
     disturbed: bool
     reason: Optional[str]
+    output_check: Optional[str] = None  # the board's outputs against the controller's (first process)
+
+
+def output_check_text(check: Optional[Mapping[str, Any]]) -> Optional[str]:
+    """One line for a process's ``output_check`` (devices.ondevice.outputs), or None without one."""
+    if not isinstance(check, Mapping):
+        return None
+    rms = check.get("mel_rel_rms")
+    what = f"{check.get('precision')}, {check.get('quantized_engine') or 'default engine'}"
+    rms_text = f"mel {100 * rms:.3g} % rms" if isinstance(rms, (int, float)) else "mel shapes differ"
+    verdict = "agrees" if check.get("ok") else "DIFFERS"
+    return (f"{verdict} ({what}): {rms_text}, max |diff| {check.get('mel_max_abs')}; "
+            f"{check.get('durations_differ')}/{check.get('phones')} durations differ")
 
 
 @dataclass(frozen=True)
@@ -301,6 +314,7 @@ def _processes(effective: Mapping[Tuple[str, str], Mapping[str, Any]]) -> Iterab
                 samples_disturbed=int(info.get("samples_disturbed") or 0),
                 remeasured=int(info.get("remeasured") or 0), disturbed=bool(p.get("disturbed")),
                 reason=_opt_str(p.get("disturbed_reason")),
+                output_check=output_check_text(p.get("output_check")),
             )
 
 

@@ -57,7 +57,10 @@ VERDICT_TEXT = {
 
 # Facts shown in the device table, in this order (the agent's FACTS keys).
 FACT_ROWS = (
+    ("board_model", "Board"),
     ("cpu_model", "CPU"),
+    ("cpu_part", "CPU core"),
+    ("cpu_features", "CPU features"),
     ("cores", "Cores"),
     ("machine", "Architecture"),
     ("os", "OS"),
@@ -68,6 +71,7 @@ FACT_ROWS = (
     ("freq_mhz", "Frequency (MHz)"),
     ("temp_c", "Temperature (°C)"),
     ("throttled_flags", "Throttle flags"),
+    ("throttled_conditions", "Throttling"),
     ("load_avg", "Load average"),
     ("mem_total_bytes", "Memory"),
     ("mem_available_bytes", "Memory available"),
@@ -103,6 +107,10 @@ def _fact_text(key: str, value: Any) -> str:
         return tables.fmt_bytes(float(value))
     if key == "load_avg" and isinstance(value, (list, tuple)):
         return " / ".join(f"{float(x):.2f}" for x in value)
+    if key == "throttled_conditions" and isinstance(value, (list, tuple)):
+        return ", ".join(str(x) for x in value) or "none"
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(x) for x in value)
     if isinstance(value, float):
         return f"{value:.1f}"
     return str(value)

@@ -115,10 +115,11 @@ def test_cli_add_then_list(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "k").write_text("key\n")
     assert main(["devices", "add", "pi", "--host", "10.0.0.9", "--user", "pi", "--key-file", "k",
-                 "--port", "2200", "--tag", "pi4", "--tag", "lab"]) == 0
+                 "--port", "2200", "--tag", "pi4", "--tag", "lab", "--quantized-engine", "qnnpack"]) == 0
     assert main(["devices", "add", "local", "--cpus", "1", "--tag", "ci"]) == 0
     inv = load_inventory(tmp_path / "devices.toml")
     assert inv.get("pi").port == 2200 and inv.get("pi").tags == ("pi4", "lab")
+    assert inv.get("pi").quantized_engine == "qnnpack"
     assert inv.get("local").cpus == 1
     capsys.readouterr()
     assert main(["devices", "list", "--json"]) == 0
@@ -129,8 +130,11 @@ def test_cli_add_then_list(tmp_path, monkeypatch, capsys):
     bad = ["devices", "add", "bad", "--host", "h", "--user", "u", "--key-file", "k", "--port", "0"]
     assert main(bad) == 2
     assert main(["devices", "add", "pi", "--host", "h", "--user", "u", "--key-file", "k"]) == 2
+    assert main(["devices", "add", "pi2", "--host", "h", "--user", "u", "--key-file", "k",
+                 "--quantized-engine", "neon"]) == 2
     err = capsys.readouterr().err
     assert "devices.bad.port: expected an integer 1-65535, got 0" in err and "already exists" in err
+    assert "devices.pi2.quantized_engine: expected one of fbgemm, x86, qnnpack, onednn, got 'neon'" in err
     assert (tmp_path / "devices.toml").read_text() == before
     assert main(["devices", "list"]) == 0
     out = capsys.readouterr().out

@@ -365,3 +365,21 @@ def test_disturbed_measurements_are_marked_in_the_table_and_the_banner(tmp_path)
     assert text.count(tag) == 2
     assert '<span class="mark" aria-label="disturbed">⚠</span>' in text
     assert "budget_disturbed" in csv_text and "a backup job took 2 cores" in csv_text
+
+
+def test_the_output_check_of_a_board_is_shown_per_process(tmp_path):
+    check = {"sentence_id": "s01", "emotion": "happy", "quantized_engine": "qnnpack", "precision": "int8",
+             "phones": 22, "durations_differ": 1, "mel_max_abs": 0.043, "mel_rel_rms": 0.0183,
+             "wav_max_abs": 0.0, "ok": True,
+             "tolerance": {"mel_max_abs": 0.5, "mel_rel_rms": 0.1, "wav_max_abs": 0.05}}
+    with Store(tmp_path / "results.sqlite") as store:
+        run_id = store.start_run({}, default_budgets().to_dict(), "test", "tiny", ["quantized"], ["pi5-a"])
+        store.record_artifact(run_id, "quantized", "/artifacts/quantized", make_manifest("quantized"))
+        record = make_record("quantized")
+        record["processes"][0]["output_check"] = check
+        store.record_attempt(run_id, "pi5-a", make_identity(), "quantized", "ok", None, record)
+        gate.evaluate(store, run_id)
+        text = render_run(store, run_id, tmp_path / "out").read_text(encoding="utf-8")
+    cells = [c.split("</td>")[0] for c in text.split('<td class="output-check">')[1:]]
+    assert cells[0] == "agrees (int8, qnnpack): mel 1.83 % rms, max |diff| 0.043; 1/22 durations differ"
+    assert set(cells[1:]) == {"—"}   # the other processes did not check

@@ -112,6 +112,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", dest="work_dir")
     p.add_argument("--budget-class", dest="budget_class")
     p.add_argument("--connect-timeout", dest="connect_timeout", type=float)
+    p.add_argument("--quantized-engine", dest="quantized_engine",
+                   help="torch.backends.quantized.engine on the board (default: the board's own)")
     p.add_argument("--replace", action="store_true", help="overwrite an existing entry")
 
     p = sub.add_parser("check", help="health of devices in parallel (exit 1 when any is ineligible)")
@@ -149,7 +151,7 @@ def from_args(args: argparse.Namespace) -> int:
         return 0
     if action == "add":
         keys = ("host", "port", "user", "key_file", "python", "tags", "threads", "cpus", "work_dir",
-                "budget_class", "connect_timeout")
+                "budget_class", "connect_timeout", "quantized_engine")
         fields = {k: getattr(args, k) for k in keys}
         device = add_device(args.name, inventory=args.inventory, replace=args.replace, **fields)
         path = _inventory_path(args.inventory)
@@ -162,12 +164,13 @@ def from_args(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps([h.to_dict() for h in results], indent=2))
         else:
-            rows = [("DEVICE", "STATUS", "PYTHON", "TORCH", "QENGINE", "DISK FREE", "MEM AVAIL", "TEMP",
-                     "REASON")]
+            rows = [("DEVICE", "STATUS", "MACHINE", "PYTHON", "TORCH", "QENGINE", "DISK FREE", "MEM AVAIL",
+                     "TEMP", "REASON")]
             for h in results:
                 f = h.facts
                 temp = f.get("temp_c")
-                rows.append((h.device, "ok" if h.ok else "INELIGIBLE", f.get("python") or "-",
+                rows.append((h.device, "ok" if h.ok else "INELIGIBLE", f.get("machine") or "-",
+                             f.get("python") or "-",
                              f.get("torch") or "-", f.get("quantized_engine") or "-",
                              _mib(f.get("disk_free_bytes")), _mib(f.get("mem_available_bytes")),
                              f"{temp:.0f}C" if isinstance(temp, (int, float)) else "-",
