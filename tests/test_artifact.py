@@ -149,3 +149,39 @@ def test_missing_directory_and_unknown_component(tmp_path, saved):
         art.load_artifact(tmp_path / "nope")
     with pytest.raises(ArtifactError, match="unknown component"):
         art.load_component(saved[0].path, "postnet")
+
+
+@pytest.mark.parametrize("modern", [True, False])
+def test_fp32_loading_maps_the_file_and_keeps_the_loaded_tensors(tmp_path, models, monkeypatch, modern):
+    """torch >= 2.1: an fp32 component is built on the meta device and takes the memory-mapped tensors as
+    they are (no random initialisation, no copy); an older torch reads the file and copies, with the same
+    result."""
+    from devices.ondevice import load
+
+    if not modern:
+        monkeypatch.setattr(load, "MMAP", False)
+        monkeypatch.setattr(load, "ASSIGN", False)
+    acoustic, vocoder = models
+    a = art.save_artifact(tmp_path / "original", acoustic, vocoder, CFG.to_dict(), (), {"name": "original"})
+    loaded = art.load_artifact(a.path)
+    tensors = [*loaded.acoustic.parameters(), *loaded.acoustic.buffers(), *loaded.vocoder.parameters()]
+    assert not any(t.is_meta for t in tensors)
+    expected, got = outputs(acoustic, vocoder), outputs(loaded.acoustic, loaded.vocoder)
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    if modern and load.MMAP and load.ASSIGN:
+        # the loaded tensor is the module's parameter (assign), not a copy into a freshly initialised one
+        state = load._torch_load(a.path / "vocoder.pt", quantized=False)
+        assert torch.equal(state["conv_pre.conv.weight"], loaded.vocoder.conv_pre.conv.weight)
+        assert load._bare_structure({"factory": "devices.ondevice.models:reference", "config": CFG.to_dict()},
+                                    "vocoder").conv_pre.conv.weight.is_meta
+
+
+def test_a_file_missing_a_tensor_of_the_structure_is_an_artifact_error(tmp_path, models):
+    acoustic, vocoder = models
+    a = art.save_artifact(tmp_path / "original", acoustic, vocoder, CFG.to_dict(), (), {"name": "original"})
+    state = torch.load(a.path / "vocoder.pt")
+    state.pop("conv_post.conv.bias")
+    torch.save(state, a.path / "vocoder.pt")
+    with pytest.raises(ArtifactError, match="vocoder.pt: does not match the structure in config.json"):
+        art.load_component(a.path, "vocoder", verify=False)
