@@ -14,6 +14,8 @@ Schema versions (``SCHEMA_VERSION``; the ``schema_version`` table holds the file
        process per round; ``processes_planned`` says how many it needs) and grows process by process
        (``add_processes``); samples carry the measuring process's CPU seconds, the other processes' CPU
        seconds on its CPUs, the CPU pressure stall, and whether the sample was ``disturbed``.
+    3: streaming synthesis: samples carry the time to first audio (``ttfa_s``), the real-time margin
+       (``rt_margin_s``) and the number of audio ``chunks``.
 
 A (device, variant) pair of a run is measured when it has an ``ok`` attempt. Measured interleaved, its
 attempt is created ``partial`` with the first process and turns ``ok`` once it holds the planned number of
@@ -43,7 +45,7 @@ import pandas as pd
 from harness import paths, stats
 from harness.errors import UserError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Attempt statuses. ``ok``, ``failed`` and ``partial`` come with a record from the agent; the others do
 #: not. ``partial``: an interleaved pair with fewer undisturbed ok processes than planned so far.
@@ -61,9 +63,12 @@ SAMPLE_COLUMNS = (
 _SAMPLE_FIELDS = (
     "iteration", "sentence_id", "length_class", "emotion", "phones", "frames", "audio_s", "frontend_s",
     "acoustic_s", "vocoder_s", "total_s", "cpu_s", "others_cpu_s", "psi_some_s", "disturbed", "remeasure_of",
+    "ttfa_s", "rt_margin_s", "chunks",
 )
 #: Interference columns of a sample (schema 2; NULL in samples of older records).
 INTERFERENCE_COLUMNS = ("cpu_s", "others_cpu_s", "psi_some_s", "disturbed", "remeasure_of")
+#: Streaming columns of a sample (schema 3; NULL in samples of older records).
+STREAMING_COLUMNS = ("ttfa_s", "rt_margin_s", "chunks")
 PHASES = ("import_s", "acoustic_load_s", "vocoder_load_s", "first_inference_s")
 
 
@@ -232,9 +237,17 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
         raise sqlite3.DatabaseError(f"migration to schema 2 left {len(broken)} dangling references")
 
 
+def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
+    """Samples gain the streaming columns (NULL for the samples measured before)."""
+    for column, kind in (("ttfa_s", "REAL"), ("rt_margin_s", "REAL"), ("chunks", "INTEGER")):
+        conn.execute(f"ALTER TABLE samples ADD COLUMN {column} {kind}")
+
+
 #: MIGRATIONS[n] turns a version n file into a version n + 1 file (inside one transaction, with foreign
 #: keys off so that a table can be rebuilt; they are checked before the commit).
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _migrate_0_to_1, 1: _migrate_1_to_2}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3,
+}
 
 
 # ---------------------------------------------------------------------------------------------- store
@@ -670,7 +683,8 @@ class Store:
             "SELECT a.run_id, a.device, a.device_identity, a.variant, s.process, s.iteration, s.sentence_id,"
             " s.length_class, s.emotion, s.phones, s.frames, s.audio_s, s.frontend_s, s.acoustic_s,"
             " s.vocoder_s, s.total_s, s.attempt_id, s.cpu_s, s.others_cpu_s, s.psi_some_s, s.disturbed,"
-            " s.remeasure_of FROM samples s JOIN attempts a ON a.id = s.attempt_id"
+            " s.remeasure_of, s.ttfa_s, s.rt_margin_s, s.chunks FROM samples s"
+            " JOIN attempts a ON a.id = s.attempt_id"
             " WHERE a.run_id = ?"
         )
         params: list[Any] = [run_id]
@@ -686,7 +700,8 @@ class Store:
                         if p.get("disturbed")
                     }
             if not counted:
-                return pd.DataFrame(columns=[*SAMPLE_COLUMNS, "attempt_id", *INTERFERENCE_COLUMNS])
+                return pd.DataFrame(columns=[*SAMPLE_COLUMNS, "attempt_id", *INTERFERENCE_COLUMNS,
+                                             *STREAMING_COLUMNS])
             sql += f" AND s.attempt_id IN ({','.join('?' * len(counted))})"
             params.extend(counted)
         sql += " ORDER BY a.device, a.variant, s.attempt_id, s.process, s.iteration"
@@ -713,7 +728,10 @@ class Store:
 
         Columns: run_id, device, device_identity, variant, length_class, n, p50, p90, p99, mean (seconds of
         ``total_s``; percentiles nearest-rank), p50_ms, p90_ms, p99_ms, frontend_p50, acoustic_p50,
-        vocoder_p50, audio_s (sum), rtf (sum total_s / sum audio_s), peak_rss_bytes (max over processes),
+        vocoder_p50, audio_s (sum), rtf (sum total_s / sum audio_s), ttfa_p50 / ttfa_p90 (time to first
+        audio: ``total_s`` of whole-utterance samples), rt_margin_min (worst streaming chunk),
+        stream_chunk_frames (the protocol's: None for whole-utterance synthesis), peak_rss_bytes (max over
+        processes),
         import_s, acoustic_load_s, vocoder_load_s, first_inference_s (median over processes), throttled, hot,
         size_acoustic_bytes, size_vocoder_bytes, params_acoustic, params_vocoder, quality_mel_l1,
         quality_mcd_db, emotion_id_accuracy, quality_n, mos, mos_n, content_hash.
@@ -732,6 +750,10 @@ class Store:
                 total = g["total_s"].to_numpy(dtype=float)
                 s = stats.summarize(total)
                 audio = float(g["audio_s"].sum())
+                # whole-utterance samples (and those stored before schema 3) give their first audio at the end
+                ttfa = g["ttfa_s"].astype(float).fillna(g["total_s"].astype(float)).to_numpy(dtype=float)
+                t = stats.summarize(ttfa)
+                margins = g["rt_margin_s"].dropna().astype(float)
                 row = {
                     "run_id": run_id, "device": device, "device_identity": identity, "variant": variant,
                     "length_class": length_class, "n": s.n, "p50": s.p50, "p90": s.p90, "p99": s.p99,
@@ -739,6 +761,8 @@ class Store:
                     "frontend_p50": _p50(g["frontend_s"]), "acoustic_p50": _p50(g["acoustic_s"]),
                     "vocoder_p50": _p50(g["vocoder_s"]), "audio_s": audio,
                     "rtf": float(total.sum()) / audio if audio > 0 else math.nan,
+                    "ttfa_p50": t.p50, "ttfa_p90": t.p90,
+                    "rt_margin_min": float(margins.min()) if len(margins) else math.nan,
                     "_order": order.get(length_class, len(order)),
                 }
                 header = attempts[attempt_id]["header"]
@@ -749,7 +773,8 @@ class Store:
         columns = [
             "run_id", "device", "device_identity", "variant", "length_class", "n", "p50", "p90", "p99",
             "mean", "p50_ms", "p90_ms", "p99_ms", "frontend_p50", "acoustic_p50", "vocoder_p50", "audio_s",
-            "rtf", "peak_rss_bytes", "rss_anon_bytes", "rss_file_bytes", *PHASES, "throttled", "hot",
+            "rtf", "ttfa_p50", "ttfa_p90", "rt_margin_min", "stream_chunk_frames", "peak_rss_bytes",
+            "rss_anon_bytes", "rss_file_bytes", *PHASES, "throttled", "hot",
             "disturbed", "disturbed_reason", "size_acoustic_bytes", "size_vocoder_bytes", "params_acoustic",
             "params_vocoder",
             "quality_mel_l1", "quality_mcd_db", "emotion_id_accuracy", "quality_n", "mos", "mos_n",
@@ -881,7 +906,8 @@ def _insert_rows(conn: sqlite3.Connection, attempt_id: int, sample_rows: list, f
     conn.executemany(
         "INSERT INTO samples (attempt_id, process, iteration, sentence_id, length_class, emotion,"
         " phones, frames, audio_s, frontend_s, acoustic_s, vocoder_s, total_s, cpu_s, others_cpu_s,"
-        " psi_some_s, disturbed, remeasure_of) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        " psi_some_s, disturbed, remeasure_of, ttfa_s, rt_margin_s, chunks)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         [(attempt_id, *row) for row in sample_rows],
     )
     conn.executemany(
@@ -938,6 +964,7 @@ def _header_metrics(header: Mapping[str, Any] | None) -> dict:
         out[phase] = _median_or_nan([(p.get("phases") or {}).get(phase) for p in procs])
     out["throttled"] = bool((header or {}).get("throttled")) or any(p.get("throttled") for p in procs)
     out["hot"] = bool((header or {}).get("hot")) or any(p.get("hot") for p in procs)
+    out["stream_chunk_frames"] = ((header or {}).get("protocol") or {}).get("stream_chunk_frames")
     return out
 
 

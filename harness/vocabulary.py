@@ -33,6 +33,7 @@ FROM_CLASS_ROW = "class_row"  # ``columns[0]`` of the row of ``length_class``
 FROM_PAIR = "pair"  # ``columns[0]``: the same on every row of the pair (header, artifact, MOS)
 SUM = "sum"  # the sum of ``columns`` (None when all are missing)
 AUDIO_WEIGHTED = "audio_weighted"  # sum(columns[0] * audio_s) / sum(audio_s) over the rows
+MINIMUM = "min"  # the smallest columns[0] over the rows (None when every row lacks it)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,9 @@ class Metric:
             pairs = [(v, a) for v, a in pairs if v is not None and a is not None and a > 0]
             audio = sum(a for _, a in pairs)
             return sum(v * a for v, a in pairs) / audio if audio > 0 else None
+        if self.combine == MINIMUM:
+            values = [v for v in (_number(r.get(self.columns[0])) for r in rows) if v is not None]
+            return min(values) if values else None
         raise ValueError(f"metric {self.key!r}: unknown combine {self.combine!r}")
 
 
@@ -126,6 +130,21 @@ def _latency(length_class: str, stat: str, default_budget: float | None = None) 
     )  # fmt: skip
 
 
+def ttfa_key(length_class: str, stat: str = "p90") -> str:
+    """The key of a time-to-first-audio metric: ``ttfa_short_p90_s``."""
+    return f"ttfa_{length_class}_{stat}_s"
+
+
+def _ttfa(length_class: str, stat: str) -> Metric:
+    return Metric(
+        ttfa_key(length_class, stat), f"Time to first audio {stat} ({length_class})", "s", LOWER,
+        f"{stat} of the time from text in to the first audio chunk out, {length_class} sentences (streaming "
+        "synthesis; the whole synthesis time when not streaming)",
+        display_unit="ms", scale=1e-3, budget_key=f"ttfa_{stat}_ms_{length_class}", disturbable=True,
+        length_class=length_class, stat=stat, columns=(f"ttfa_{stat}",), combine=FROM_CLASS_ROW,
+    )  # fmt: skip
+
+
 #: The one metric registry, in display order.
 METRICS: dict[str, Metric] = {
     m.key: m
@@ -150,6 +169,17 @@ METRICS: dict[str, Metric] = {
         _latency("short", "p99"),
         _latency("medium", "p99"),
         _latency("long", "p99"),
+        _ttfa("short", "p90"),
+        _ttfa("medium", "p90"),
+        _ttfa("long", "p90"),
+        _ttfa("short", "p50"),
+        _ttfa("medium", "p50"),
+        _ttfa("long", "p50"),
+        Metric("rt_margin_s", "Real-time margin", "s", HIGHER,
+               "streaming: how early the worst audio chunk was ready before the previous one finished "
+               "playing (negative: playback stalled)", display_unit="ms", scale=1e-3,
+               budget_key="rt_margin_ms", optional=True, disturbable=True, columns=("rt_margin_min",),
+               combine=MINIMUM),
         Metric("rtf", "Real-time factor", "x", LOWER,
                "real-time factor over all sentences (synthesis s / audio s)", display_unit="x",
                budget_key="rtf", disturbable=True, columns=("rtf",), combine=AUDIO_WEIGHTED),

@@ -290,6 +290,55 @@ def latency_vs_length(data: ReportData, device: str) -> Optional[str]:
         return _to_svg(fig, f"Latency and real-time factor against sentence length on {device}")
 
 
+#: Phase marks of a memory timeline: worker mark -> (marker, legend text).
+TIMELINE_MARKS = (
+    ("import", "o", "torch + model code imported"),
+    ("load", "s", "weights loaded"),
+    ("first_inference", "D", "first inference done"),
+    ("warmup", "^", "steady state starts"),
+    ("steady", "v", "steady state ends"),
+)
+
+
+def memory_timelines(data: ReportData, device: str) -> Optional[str]:
+    """RSS over time of one measured process per variant (the first one with a timeline), as the agent
+    polled it from outside, with the phases marked; the dashed line is the peak-RSS budget."""
+    chosen = {}
+    for p in data.processes_of(device):
+        if p.memory_timeline and p.memory_timeline.get("t_s") and p.variant not in chosen:
+            chosen[p.variant] = p.memory_timeline
+    if not chosen:
+        return None
+    colours = variant_colours(data.variant_names)
+    mib = 2**20
+    with matplotlib.rc_context(_rc()):
+        fig = Figure(figsize=(12.5, 3.9))
+        ax = fig.subplots()
+        top = 0.0
+        for variant, tl in chosen.items():
+            t, rss = tl["t_s"], [r / mib for r in tl["rss_bytes"]]
+            top = max(top, max(rss))
+            ax.plot(t, rss, color=colours[variant], linewidth=1.3, label=label(variant))
+            for key, marker, _ in TIMELINE_MARKS:
+                at = (tl.get("marks") or {}).get(key)
+                if at is None or not t:
+                    continue
+                i = min(range(len(t)), key=lambda j: abs(t[j] - at))
+                ax.plot([at], [rss[i]], marker=marker, color=colours[variant], markersize=6, linestyle="")
+        limit = _budget_limit(data, device, "peak_rss_bytes")
+        if limit is not None:
+            top = _budget_line(ax, "y", limit / mib, top, "peak RSS budget", "MiB")
+        for _, marker, text in TIMELINE_MARKS:
+            ax.plot([], [], marker=marker, color="#555555", linestyle="", label=text)
+        ax.set_xlabel("seconds since the process started")
+        ax.set_ylabel("RSS (MiB)")
+        ax.set_title("Memory of one process per variant")
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0, top=top * 1.08 if top else None)
+        ax.legend(loc="lower right", fontsize=7.5, ncol=2)
+        return _to_svg(fig, f"Resident memory over time of one process per variant on {device}")
+
+
 def pareto(data: ReportData, device: str) -> Optional[str]:
     """Acoustic model size vs short-sentence p90, coloured by mel distortion; non-dominated ones joined."""
     pts = []

@@ -27,6 +27,8 @@ REFERENCE_VARIANT = "original"
 # The headline metric of the cross-device matrix and the trend chart.
 HEADLINE_CLASS = "short"
 HEADLINE_METRIC = latency_key(HEADLINE_CLASS, "p90")
+#: Streaming synthesis metrics (time to first audio, real-time margin): ``VariantResult.streaming``.
+STREAMING_METRICS = tuple(k for k in METRICS if k.startswith("ttfa_") or k == "rt_margin_s")
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ class VariantResult:
     throttled: bool = False
     hot: bool = False
     disturbed: Optional[str] = None  # what disturbed the measurement (store: summary ``disturbed_reason``)
+    stream_chunk_frames: Optional[int] = None  # streaming synthesis chunk; None: whole-utterance synthesis
+    streaming: Mapping[str, Optional[float]] = field(default_factory=dict)  # ttfa_* / rt_margin_s metrics
 
     @property
     def ok(self) -> bool:
@@ -93,6 +97,8 @@ class VariantResult:
     def value(self, metric: str) -> Optional[float]:
         """The value of a ``harness.vocabulary.METRICS`` key (KeyError for another name)."""
         m = METRICS[metric]
+        if metric in STREAMING_METRICS:
+            return self.streaming.get(metric)
         if m.length_class is not None:
             stats = self.latency.get(m.length_class)
             return None if stats is None else getattr(stats, f"{m.stat}_s")
@@ -181,6 +187,7 @@ class ProcessInfo:
     disturbed: bool
     reason: Optional[str]
     output_check: Optional[str] = None  # the board's outputs against the controller's (first process)
+    memory_timeline: Optional[Mapping[str, Any]] = None  # t_s, rss_bytes, hwm_bytes, marks (agent-polled)
 
 
 def output_check_text(check: Optional[Mapping[str, Any]]) -> Optional[str]:
@@ -315,6 +322,8 @@ def _processes(effective: Mapping[Tuple[str, str], Mapping[str, Any]]) -> Iterab
                 remeasured=int(info.get("remeasured") or 0), disturbed=bool(p.get("disturbed")),
                 reason=_opt_str(p.get("disturbed_reason")),
                 output_check=output_check_text(p.get("output_check")),
+                memory_timeline=p.get("memory_timeline") if isinstance(p.get("memory_timeline"), Mapping)
+                else None,
             )
 
 
@@ -395,6 +404,8 @@ def _results(summary, attempts: Tuple[Attempt, ...], effective: Mapping[Tuple[st
             throttled=bool(_opt(first.get("throttled"))),
             hot=bool(_opt(first.get("hot"))),
             disturbed=_disturbance(group),
+            stream_chunk_frames=_opt_int(first.get("stream_chunk_frames")),
+            streaming={k: METRICS[k].value_of(group) for k in STREAMING_METRICS},
         )
 
 

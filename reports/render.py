@@ -116,6 +116,25 @@ def _fact_text(key: str, value: Any) -> str:
     return str(value)
 
 
+MS_PER_FRAME = 12.5  # hop 200 at 16 kHz (contracts.md)
+
+
+def synthesis_mode(data: ReportData) -> str:
+    """Which synthesis the numbers come from: whole utterance (what the source article measured) or
+    streaming in chunks (with time to first audio)."""
+    chunks = sorted({r.stream_chunk_frames for r in data.results if r.ok and r.stream_chunk_frames})
+    whole = any(r.ok and not r.stream_chunk_frames for r in data.results)
+    parts = []
+    if whole or not chunks:
+        parts.append("whole-utterance synthesis (as the source article measured: the first audio comes when "
+                     "the whole sentence is done)")
+    for n in chunks:
+        parts.append(f"streaming synthesis in chunks of {n} mel frames ({n * MS_PER_FRAME:g} ms of audio): "
+                     "the decoder hands frames over as it produces them, the vocoder runs chunk by chunk, "
+                     "and the time to first audio is measured per sentence")
+    return "; ".join(parts)
+
+
 def fact_rows(devices: Sequence[DeviceInfo]) -> Tuple[FactRow, ...]:
     rows = []
     known = {k for k, _ in FACT_ROWS}
@@ -179,6 +198,11 @@ def _device_charts(data: ReportData, device: str) -> Tuple[Tuple[str, Markup], .
             "Size vs latency vs fidelity: down and left is better; colour is the mel distortion against "
             "original (yellow: closest).",
             charts.pareto,
+        ),
+        (
+            "Resident memory of one process per variant, polled from outside every 0.25 s (the high-water "
+            "mark between polls is in the peak RSS), with the phases marked.",
+            charts.memory_timelines,
         ),
     ):
         svg = fn(data, device)
@@ -265,6 +289,7 @@ def render_html(data: ReportData, audio: AudioGrid, generated_at: Optional[str] 
         sections=sections,
         matrix=tables.headline_matrix(data),
         headline_class=HEADLINE_CLASS,
+        synthesis_mode=synthesis_mode(data),
         regressions=sorted(data.comparisons, key=lambda c: c.outcome is None),  # regressions first
         trend_svg=Markup(trend_svg) if trend_svg else None,
         audio=audio,

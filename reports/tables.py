@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple
 
 from harness import vocabulary as vocab
-from harness.vocabulary import LENGTH_CLASSES, METRICS, latency_key
+from harness.vocabulary import LENGTH_CLASSES, METRICS, latency_key, ttfa_key
 from reports.model import HEADLINE_CLASS, HEADLINE_METRIC, REFERENCE_VARIANT, ReportData, VariantResult
 
 PASS_MARK = "✓"
@@ -199,7 +199,10 @@ class ComparisonTable:
         return tuple((g, n) for g, n in out)
 
 
-def comparison_columns(length_classes: Sequence[str] = LENGTH_CLASSES) -> Tuple[Column, ...]:
+def comparison_columns(length_classes: Sequence[str] = LENGTH_CLASSES,
+                       streaming: bool = False) -> Tuple[Column, ...]:
+    """The comparison table's columns; ``streaming`` (a pair measured streaming synthesis) adds the time to
+    first audio per length class and the real-time margin."""
     cols = [
         Column("size_acoustic_bytes", "acoustic", "Size"),
         Column("size_vocoder_bytes", "vocoder", "Size"),
@@ -209,6 +212,11 @@ def comparison_columns(length_classes: Sequence[str] = LENGTH_CLASSES) -> Tuple[
     for lc in length_classes:
         cols.append(Column(latency_key(lc, "p50"), "p50", f"Latency · {lc}"))
         cols.append(Column(latency_key(lc, "p90"), "p90", f"Latency · {lc}", ratio="speedup"))
+    if streaming:
+        for lc in length_classes:
+            cols.append(Column(ttfa_key(lc, "p50"), "p50", f"First audio · {lc}"))
+            cols.append(Column(ttfa_key(lc, "p90"), "p90", f"First audio · {lc}", ratio="speedup"))
+        cols.append(Column("rt_margin_s", "worst chunk", "Real-time margin"))
     cols += [
         Column("rtf", "RTF", "Runtime", ratio="speedup"),
         Column("first_inference_s", "first inf.", "Runtime"),
@@ -256,7 +264,7 @@ def _cell(data: ReportData, r: VariantResult, col: Column, ref: Optional[Variant
 def comparison_table(data: ReportData, device: str) -> ComparisonTable:
     results = data.results_for(device)
     present = [lc for lc in LENGTH_CLASSES if any(lc in r.latency for r in results)] or [HEADLINE_CLASS]
-    columns = comparison_columns(present)
+    columns = comparison_columns(present, streaming=any(r.stream_chunk_frames for r in results))
     ref = data.result(device, REFERENCE_VARIANT)
     ref = ref if ref is not None and ref.ok else None
     rows = tuple(

@@ -91,8 +91,11 @@ def make_record(
     throttled: bool = False,
     hostname: str = "bench-01",
     artifact: str | None = None,
+    stream_chunk_frames: int | None = None,
 ) -> dict:
-    """A measurement record (format edgebench.measurement, version 1); samples split over processes."""
+    """A measurement record (format edgebench.measurement, version 1); samples split over processes.
+    ``stream_chunk_frames``: streaming synthesis, whose samples get their first audio after a fifth of
+    their time, and a real-time margin of 0.1 s (0.05 s in the last process)."""
     rng = np.random.default_rng(seed)
     procs = []
     per_process = max(1, samples_per_class // processes) if samples_per_class else 0
@@ -100,6 +103,10 @@ def make_record(
         offset = float(rng.lognormal(0.0, 0.01))
         samples = make_samples(rng, per_process, classes=classes, slowdown=slowdown, sigma=sigma,
                                process_offset=offset)
+        if stream_chunk_frames:
+            for s in samples:
+                s.update(ttfa_s=s["total_s"] / 5, rt_margin_s=0.05 if index == processes - 1 else 0.1,
+                         chunks=4)
         procs.append({
             "index": index, "status": "ok", "error": None, "exit_code": 0, "wall_s": 12.3,
             "phases": {"import_s": 0.9, "acoustic_load_s": 0.2, "vocoder_load_s": 0.1,
@@ -114,7 +121,7 @@ def make_record(
         "variant": variant, "artifact": artifact or hashlib.sha256(variant.encode()).hexdigest(),
         "agent_version": "test",
         "protocol": {"processes": processes, "warmup": 2, "min_iters": 10, "min_seconds": 5.0,
-                     "max_iters": 200, "threads": 2},
+                     "max_iters": 200, "threads": 2, "stream_chunk_frames": stream_chunk_frames},
         "facts_before": make_facts(hostname), "facts_after": make_facts(hostname, temp_c=55.0),
         "throttled": throttled, "hot": False, "processes": procs,
     }

@@ -217,7 +217,7 @@ def test_measure_runs_fresh_processes_one_after_another(tmp_path, monkeypatch):
     """
     seen = []
 
-    def fake_argv(args, deadline_s):
+    def fake_argv(args, deadline_s, check_outputs=False):
         seen.append((dict(args), deadline_s))
         return script(body)
 
@@ -241,7 +241,7 @@ def test_one_failed_process_fails_the_record_but_the_others_still_run(tmp_path, 
     art = make_artifact(tmp_path)
     calls = []
 
-    def fake_argv(args, deadline_s):
+    def fake_argv(args, deadline_s, check_outputs=False):
         calls.append(1)
         if len(calls) == 2:
             return script("import sys; sys.stderr.write('Segmentation fault\\n'); sys.exit(139)")
@@ -275,7 +275,7 @@ def test_two_measurements_on_one_device_never_overlap(tmp_path, monkeypatch):
             f.write("%.6f %.6f\\n" % (start, time.time()))
         sys.stdout.write(json.dumps({worker_doc()!r}))
     """
-    monkeypatch.setattr(supervisor, "worker_argv", lambda args, deadline_s: script(body))
+    monkeypatch.setattr(supervisor, "worker_argv", lambda args, deadline_s, check_outputs=False: script(body))
     records = []
 
     def one():
@@ -441,3 +441,15 @@ def test_synthesizer_times_each_stage_on_one_clock(monkeypatch):
     monkeypatch.setattr(worker.os, "getppid", lambda: -1)   # the supervisor died: stop, never run alone
     with pytest.raises(worker.WorkerError, match="supervisor went away"):
         synth((Sentence, "happy"))
+
+
+def test_the_memory_timeline_keeps_every_peak_when_it_is_thinned():
+    watch = supervisor.MemoryWatch()
+    for i in range(1000):
+        rss = 500 * 2**20 if i == 617 else (100 + i % 7) * 2**20
+        watch.add({"VmRSS": rss, "VmHWM": 500 * 2**20 if i >= 617 else 106 * 2**20}, t=i * 0.25)
+    tl = watch.timeline(max_points=100)
+    assert len(tl["t_s"]) <= 100 and tl["t_s"] == sorted(tl["t_s"])
+    assert max(tl["rss_bytes"]) == 500 * 2**20 and 617 * 0.25 in tl["t_s"]
+    assert tl["hwm_bytes"][-1] == 500 * 2**20
+    assert supervisor.MemoryWatch().timeline() is None

@@ -447,3 +447,29 @@ def test_a_memory_budget_failed_on_disturbed_data_is_still_budget_failed(st):
     v = judged(st, add_run(st, rss={"pruned": 600 * 2**20}, disturbed={"pruned"}))
     status = {c.metric: c.status for c in v.checks if c.variant == "pruned"}
     assert status["peak_rss_bytes"] == "fail" and v.outcome == "budget_failed" and v.exit_code == 1
+
+
+def test_a_time_to_first_audio_budget_gates_a_streaming_run(tmp_path, st):
+    """``ttfa_p90_ms_short`` gates a release like the latency budgets: met when streaming gets the first
+    audio out early, failed when the same run synthesised whole utterances (first audio = last audio)."""
+    path = tmp_path / "budgets.toml"
+    budgets_text = "version = 1\n[budgets]\nttfa_p90_ms_short = {limit}\nrt_margin_ms = 0\n"
+    rid = st.start_run({}, {}, "test", "tiny", ["original"], ["pi4-a"])
+    st.record_artifact(rid, "original", "/artifacts/original", make_manifest("original"))
+    record = make_record("original", samples_per_class=45, stream_chunk_frames=40)
+    st.record_attempt(rid, "pi4-a", make_identity("pi4-a"), "original", "ok", None, record)
+    short = [s["total_s"] for p in record["processes"] for s in p["samples"] if s["length_class"] == "short"]
+    limit_ms = 1e3 * max(short) / 2            # above every streamed first audio, below every latency
+    path.write_text(budgets_text.format(limit=limit_ms))
+    v = gate.evaluate(st, rid, budgets=load_budgets(path), save=False)
+    checks = {c.metric: c for c in v.checks if c.variant == "original"}
+    assert checks["ttfa_short_p90_s"].status == "pass" and checks["rt_margin_s"].status == "pass"
+    whole = st.start_run({}, {}, "test", "tiny", ["original"], ["pi4-a"])
+    st.record_artifact(whole, "original", "/artifacts/original", make_manifest("original"))
+    st.record_attempt(whole, "pi4-a", make_identity("pi4-a"), "original", "ok", None,
+                      make_record("original", samples_per_class=45))
+    v = gate.evaluate(st, whole, budgets=load_budgets(path), save=False)
+    checks = {c.metric: c for c in v.checks if c.variant == "original"}
+    assert v.outcome == "budget_failed" and checks["ttfa_short_p90_s"].status == "fail"
+    assert "ttfa_p90_ms_short" in checks["ttfa_short_p90_s"].message
+    assert checks["rt_margin_s"].status == "skipped"   # optional: whole utterances have no chunks

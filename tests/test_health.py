@@ -127,7 +127,7 @@ def test_cli_check_json_and_table(ssh_farm, tmp_path, monkeypatch, capsys):
     assert rows["untrusted"]["ok"] is False and "devices trust untrusted" in rows["untrusted"]["reason"]
     assert main(["devices", "-i", str(inventory), "check", "good-1"]) in (0, 1)
     out = capsys.readouterr().out
-    assert out.splitlines()[0].split()[:3] == ["DEVICE", "STATUS", "PYTHON"] and "good-1" in out
+    assert out.splitlines()[0].split()[:4] == ["DEVICE", "STATUS", "MACHINE", "PYTHON"] and "good-1" in out
 
 
 def test_health_facts_and_agent_facts_give_the_same_identity(tmp_path):

@@ -15,7 +15,7 @@ from harness.errors import ConfigError
 # The documented bounds (Protocol's docstring, the README's configuration section).
 DOCUMENTED = {"processes": 50, "warmup": 100, "min_iters": 100_000, "max_iters": 100_000,
               "min_seconds": 3600, "threads": 256, "timeout_s": 86400, "seed": 2**31 - 1,
-              "hot_limit_c": 150}
+              "hot_limit_c": 150, "stream_chunk_frames": 10_000}
 
 
 def _at(name: str, value) -> dict:
@@ -30,7 +30,8 @@ def test_the_bounds_are_the_documented_ones():
     assert MAX_RUN_TIMEOUT_S == 7 * 86400
     doc = Protocol.__doc__
     for text in ("processes 1-50", "warmup 0-100", "max_iters 1-100000", "min_seconds 0-3600",
-                 "threads 1-256", "timeout_s 1-86400", "2**31 - 1", "hot_limit_c 0-150"):
+                 "threads 1-256", "timeout_s 1-86400", "2**31 - 1", "hot_limit_c 0-150",
+                 "stream_chunk_frames 1-10000"):
         assert text in doc
 
 
@@ -53,6 +54,7 @@ def test_each_bound_is_accepted_and_one_more_is_rejected(name):
     ("threads = 1024", "protocol.threads"),
     ("seed = 4294967296", "protocol.seed"),
     ("hot_limit_c = 1000.0", "protocol.hot_limit_c"),
+    ("stream_chunk_frames = 100000", "protocol.stream_chunk_frames"),
     ("min_iters = 200000\nmax_iters = 200000", "protocol.min_iters"),
 ])
 def test_config_names_file_and_key_of_a_value_over_its_bound(tmp_path, table, key):

@@ -383,3 +383,41 @@ def test_the_output_check_of_a_board_is_shown_per_process(tmp_path):
     cells = [c.split("</td>")[0] for c in text.split('<td class="output-check">')[1:]]
     assert cells[0] == "agrees (int8, qnnpack): mel 1.83 % rms, max |diff| 0.043; 1/22 durations differ"
     assert set(cells[1:]) == {"—"}   # the other processes did not check
+
+
+def test_a_streaming_run_shows_time_to_first_audio_and_says_which_mode(tmp_path):
+    with Store(tmp_path / "results.sqlite") as store:
+        runs = {}
+        for chunk in (40, None):
+            rid = store.start_run({}, default_budgets().to_dict(), "test", "tiny", ["original"], ["pi5-a"])
+            store.record_artifact(rid, "original", "/artifacts/original", make_manifest("original"))
+            store.record_attempt(rid, "pi5-a", make_identity(), "original", "ok", None,
+                                 make_record("original", stream_chunk_frames=chunk))
+            gate.evaluate(store, rid)
+            runs[chunk] = render_run(store, rid, tmp_path / f"out-{chunk}").read_text(encoding="utf-8")
+            csv_text = (tmp_path / f"out-{chunk}" / CSV_FILE).read_text(encoding="utf-8")
+            assert ("ttfa_short_p90_s" in csv_text.splitlines()[0]) == (chunk is not None)
+    streamed, whole = runs[40], runs[None]
+    assert "streaming synthesis in chunks of 40 mel frames (500 ms of audio)" in streamed
+    assert "First audio · short" in streamed and "Real-time margin" in streamed
+    assert "whole-utterance synthesis (as the source article measured" in whole
+    assert "First audio" not in whole
+
+
+def test_the_memory_timeline_of_a_process_per_variant_is_drawn(tmp_path):
+    timeline = {"t_s": [0.25 * i for i in range(40)],
+                "rss_bytes": [min(i, 20) * 25 * 2**20 for i in range(40)],
+                "hwm_bytes": [min(i, 20) * 25 * 2**20 for i in range(40)],
+                "marks": {"import": 2.0, "load": 3.5, "first_inference": 4.0, "warmup": 4.5, "steady": 9.5}}
+    with Store(tmp_path / "results.sqlite") as store:
+        run_id = store.start_run({}, default_budgets().to_dict(), "test", "tiny", ["original"], ["pi5-a"])
+        store.record_artifact(run_id, "original", "/artifacts/original", make_manifest("original"))
+        record = make_record("original")
+        record["processes"][0]["memory_timeline"] = timeline
+        store.record_attempt(run_id, "pi5-a", make_identity(), "original", "ok", None, record)
+        gate.evaluate(store, run_id)
+        data = load_report_data(store, run_id)
+        text = render_run(store, run_id, tmp_path / "out").read_text(encoding="utf-8")
+    assert data.processes_of("pi5-a")[0].memory_timeline["marks"]["load"] == 3.5
+    assert 'aria-label="Resident memory over time of one process per variant on pi5-a"' in text
+    assert "with the phases marked" in text

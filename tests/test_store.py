@@ -36,7 +36,7 @@ def st(tmp_path):
 
 
 def test_new_file_has_current_schema_wal_and_foreign_keys(st):
-    assert st.schema_version() == SCHEMA_VERSION == 2
+    assert st.schema_version() == SCHEMA_VERSION == 3
     assert st._query("PRAGMA journal_mode")[0][0] == "wal"
     assert st._query("PRAGMA foreign_keys")[0][0] == 1
     tables = {r[0] for r in st._query("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -314,9 +314,10 @@ def test_sigkill_mid_run_loses_nothing_committed(tmp_path):
         assert st.run("run-1")["status"] == "running"
 
 
-def test_a_version_1_file_migrates_to_2_and_keeps_every_row(tmp_path):
-    """Schema 2 rebuilds the attempts table (a new status in its CHECK constraint): no attempt, sample or
-    fact of a version 1 file may be lost, and the foreign keys must still hold."""
+def test_a_version_1_file_migrates_to_the_current_schema_and_keeps_every_row(tmp_path):
+    """Schema 2 rebuilds the attempts table (a new status in its CHECK constraint), schema 3 adds the
+    streaming columns: no attempt, sample or fact of a version 1 file may be lost, the foreign keys must
+    still hold, and its whole-utterance samples give their first audio when they end."""
     path = tmp_path / "v1.sqlite"
     conn = sqlite3.connect(path)
     conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
@@ -341,6 +342,9 @@ def test_a_version_1_file_migrates_to_2_and_keeps_every_row(tmp_path):
         assert s.attempts_df("r1")["attempt_id"].tolist() == [7]
         df = s.samples_df("r1")
         assert len(df) == 1 and df["cpu_s"].isna().all() and df["total_s"].tolist() == [0.21]
+        assert df["ttfa_s"].isna().all() and df["chunks"].isna().all()
+        summary = s.summary_df("r1")
+        assert summary["ttfa_p90"].tolist() == [0.21] and summary["stream_chunk_frames"].isna().all()
         assert len(s.facts("r1")) == 1
         assert s._query("PRAGMA foreign_key_check") == []
         rid = new_run(s)  # the new CHECK constraint accepts a partial attempt

@@ -65,9 +65,14 @@ def test_metrics_read_from_the_columns_the_store_writes(tmp_path):
         rid = st.start_run({}, {}, "test", "tiny", ["original"], ["pi4-a"])
         st.record_artifact(rid, "original", "/a", make_manifest("original"))
         st.import_mos([{"variant": "original", "mos": 4.0}])
-        record = make_record(samples_per_class=30)
+        record = make_record(samples_per_class=30, stream_chunk_frames=40)
         st.record_attempt(rid, "pi4-a", make_identity(), "original", "ok", None, record)
         summary = st.summary_df(rid)
+        whole_id = st.start_run({}, {}, "test", "tiny", ["original"], ["pi4-a"])
+        st.record_artifact(whole_id, "original", "/a", make_manifest("original"))
+        st.record_attempt(whole_id, "pi4-a", make_identity(), "original", "ok", None,
+                          make_record(samples_per_class=30))
+        whole = st.summary_df(whole_id).to_dict("records")
     rows = summary.to_dict("records")
     for m in vocab.METRICS.values():
         assert set(m.columns) <= set(summary.columns), m.key
@@ -78,6 +83,13 @@ def test_metrics_read_from_the_columns_the_store_writes(tmp_path):
     assert rtf == pytest.approx(sum(r["rtf"] * r["audio_s"] for r in rows) / sum(r["audio_s"] for r in rows))
     assert vocab.METRICS["size_total_bytes"].value_of(rows) == 48_500_000 + 19_400_000
     assert vocab.METRICS["mos"].value_of([]) is None
+    # streaming: first audio after a fifth of the time, the worst chunk's margin over every process
+    assert vocab.METRICS["ttfa_medium_p90_s"].value_of(rows) == pytest.approx(p90 / 5)
+    assert vocab.METRICS["rt_margin_s"].value_of(rows) == pytest.approx(0.05)
+    # whole-utterance synthesis: the first audio comes with the last, and there is no margin to speak of
+    ttfa, latency = (vocab.METRICS[k].value_of(whole) for k in ("ttfa_short_p90_s", "latency_short_p90_s"))
+    assert ttfa == latency
+    assert vocab.METRICS["rt_margin_s"].value_of(whole) is None
 
 
 def test_a_verdict_round_trips_through_its_dict():

@@ -18,7 +18,8 @@ LENGTH_CLASSES = ("short", "medium", "long")
 
 # The protocol travels to the agent as one document (``Protocol.to_document``). Versions:
 #   1 -- the fields of Protocol (edgebench 0.2).
-#   2 -- quantized_engine: the board's quantized engine for the workers (None: torch's default there).
+#   2 -- quantized_engine: the board's quantized engine for the workers (None: torch's default there);
+#        stream_chunk_frames: streaming synthesis in chunks of that many mel frames (None: whole utterance).
 PROTOCOL_FORMAT = "edgebench.protocol"
 PROTOCOL_VERSION = 2
 KNOWN_PROTOCOL_VERSIONS = (2,)
@@ -36,10 +37,11 @@ MAX_THREADS = 256
 MAX_TIMEOUT_S = 86400.0
 MAX_SEED = 2**31 - 1
 MAX_HOT_LIMIT_C = 150.0
+MAX_STREAM_CHUNK_FRAMES = 10_000
 BOUNDS = {
     "processes": MAX_PROCESSES, "warmup": MAX_WARMUP, "min_iters": MAX_ITERS, "max_iters": MAX_ITERS,
     "min_seconds": MAX_MIN_SECONDS, "threads": MAX_THREADS, "timeout_s": MAX_TIMEOUT_S, "seed": MAX_SEED,
-    "hot_limit_c": MAX_HOT_LIMIT_C,
+    "hot_limit_c": MAX_HOT_LIMIT_C, "stream_chunk_frames": MAX_STREAM_CHUNK_FRAMES,
 }
 #: torch.backends.quantized.engine values a protocol may ask for (which of them a board's torch supports is
 #: its own: x86 builds have fbgemm/x86/onednn/qnnpack, aarch64 builds qnnpack/onednn).
@@ -61,12 +63,15 @@ class Protocol:
     hot_limit_c: a process is flagged ``hot`` above this temperature.
     quantized_engine: ``torch.backends.quantized.engine`` in the workers (one of QUANTIZED_ENGINES);
     None keeps the board's own default. Usually set per device (devices.toml), recorded with the result.
+    stream_chunk_frames: None measures whole-utterance synthesis (what the source article measured); a
+    number measures streaming synthesis (devices.ondevice.streaming) in chunks of that many mel frames
+    (80 frames = 1 s of audio at 16 kHz, hop 200), with time to first audio per sample.
 
     Every value has an upper bound (``BOUNDS``), checked here, so that a typo (``min_seconds = 1e9``,
     ``processes = 5000``) is a configuration error before anything is built or measured, never a run
     that measures until someone stops it: processes 1-50, warmup 0-100, min_iters 1-max_iters,
     max_iters 1-100000, min_seconds 0-3600, threads 1-256, timeout_s 1-86400 (one day), seed
-    0-2147483647 (2**31 - 1), hot_limit_c 0-150.
+    0-2147483647 (2**31 - 1), hot_limit_c 0-150, stream_chunk_frames 1-10000.
     """
 
     processes: int = 3
@@ -80,6 +85,7 @@ class Protocol:
     seed: int = 0
     hot_limit_c: float = 80.0
     quantized_engine: str | None = None
+    stream_chunk_frames: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sentences", tuple(self.sentences))
@@ -89,6 +95,9 @@ class Protocol:
         _check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
         if self.threads is not None:
             _check_int("threads", self.threads, minimum=1, maximum=MAX_THREADS)
+        if self.stream_chunk_frames is not None:
+            _check_int("stream_chunk_frames", self.stream_chunk_frames, minimum=1,
+                       maximum=MAX_STREAM_CHUNK_FRAMES)
         _check_number("min_seconds", self.min_seconds, minimum=0.0, maximum=MAX_MIN_SECONDS)
         _check_number("timeout_s", self.timeout_s, minimum=1.0, maximum=MAX_TIMEOUT_S)
         _check_number("hot_limit_c", self.hot_limit_c, minimum=0.0, maximum=MAX_HOT_LIMIT_C)
@@ -169,6 +178,7 @@ class Protocol:
             "sentences": list(self.sentences),
             "seed": self.seed,
             "quantized_engine": self.quantized_engine,
+            "stream_chunk_frames": self.stream_chunk_frames,
         }
 
 

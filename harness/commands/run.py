@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-seconds", type=float, help="minimum steady-state seconds per process")
     parser.add_argument("--min-iters", type=int, help="minimum steady-state iterations per process")
     parser.add_argument("--threads", type=int, help="torch threads when measuring (default: torch's)")
+    parser.add_argument("--stream-chunk-frames", dest="stream_chunk_frames", type=int, metavar="FRAMES",
+                        help="measure streaming synthesis in chunks of FRAMES mel frames (80 = 1 s of "
+                             "audio), with time to first audio (default: whole-utterance synthesis)")
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
     parser.add_argument("--allow-unmeasured", action="store_true",
                         help="pairs that could not be measured (ineligible, unreachable, ...) are warnings, "
@@ -65,6 +68,7 @@ def from_args(args: argparse.Namespace) -> int:
         min_seconds=args.min_seconds,
         min_iters=args.min_iters,
         threads=args.threads,
+        stream_chunk_frames=args.stream_chunk_frames,
         report=not args.no_report,
         allow_unmeasured=args.allow_unmeasured,
     )
@@ -100,6 +104,7 @@ def run(
     min_seconds: float | None = None,
     min_iters: int | None = None,
     threads: int | None = None,
+    stream_chunk_frames: int | None = None,
     report: bool = True,
     allow_unmeasured: bool = False,
 ) -> int:
@@ -140,7 +145,7 @@ def run(
         cfg = cfg.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
     protocol = cfg.protocol
     proto_overrides = {"processes": processes, "min_seconds": min_seconds, "min_iters": min_iters,
-                       "threads": threads}
+                       "threads": threads, "stream_chunk_frames": stream_chunk_frames}
     proto_overrides = {k: v for k, v in proto_overrides.items() if v is not None}
     if proto_overrides and not resume:
         try:

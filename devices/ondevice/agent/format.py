@@ -86,6 +86,8 @@ PROTOCOL_FIELDS = (
     Field("sentence_ids", "list", True, "only these corpus sentences (null: all of the classes)", False),
     Field("quantized_engine", "str", True, "engine asked for (null: the board's default; the engine used is "
           "in facts_before)", False),
+    Field("stream_chunk_frames", "int", True, "streaming synthesis chunk (mel frames); null: whole utterance",
+          False),
 )
 
 PHASE_FIELDS = (
@@ -112,6 +114,11 @@ SAMPLE_FIELDS = (
     Field("psi_some_s", "float", True, "growth of /proc/pressure/cpu 'some' meanwhile (seconds)", False),
     Field("disturbed", "bool", False, "interference took the CPU (never counted in statistics)", False),
     Field("remeasure_of", "int", True, "the disturbed iteration this sample measures again", False),
+    Field("ttfa_s", "float", True, "time to first audio: text in to the first chunk of samples out (the "
+          "whole synthesis when not streaming)", False),
+    Field("rt_margin_s", "float", True, "streaming: how early the worst chunk was ready before the previous "
+          "one finished playing (negative: playback stalled); null: one chunk or not streaming", False),
+    Field("chunks", "int", True, "audio chunks handed over (1 when not streaming)", False),
 )
 
 PROCESS_FIELDS = (
@@ -143,6 +150,9 @@ PROCESS_FIELDS = (
     Field("outputs", "dict", True, "one sentence's durations, mel and waveform for the controller to compare "
           "(devices.ondevice.outputs; the controller replaces it with output_check)", False),
     Field("output_check", "dict", True, "the controller's comparison of outputs with its own", False),
+    Field("memory_timeline", "dict", True, "RSS polled from outside: t_s (since the process started), "
+          "rss_bytes, hwm_bytes, and marks: when import, load, first_inference, steady (state) and end "
+          "finished (seconds on the same clock)", False),
     Field("samples", "list", False, "SAMPLE_FIELDS, one per steady-state iteration, then re-measurements"),
 )
 

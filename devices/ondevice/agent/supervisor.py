@@ -146,8 +146,13 @@ def read_proc_status(pid: int) -> dict:
     return out
 
 
+#: The most points of a process's stored memory timeline (longer ones keep each bucket's highest RSS).
+MAX_TIMELINE_POINTS = 240
+
+
 class MemoryWatch:
-    """Peak memory of one process from its /proc status samples."""
+    """Peak memory of one process from its /proc status samples, and its timeline (seconds since the
+    process started, RSS, high-water mark): the polls the supervisor makes anyway, from outside."""
 
     def __init__(self) -> None:
         self.polls = 0
@@ -155,8 +160,9 @@ class MemoryWatch:
         self.peak_rss = -1
         self.rss_anon = None
         self.rss_file = None
+        self.points: List[tuple] = []
 
-    def add(self, status: dict) -> None:
+    def add(self, status: dict, t: Optional[float] = None) -> None:
         if not status:
             return
         self.polls += 1
@@ -169,6 +175,20 @@ class MemoryWatch:
             self.peak_rss = rss
             self.rss_anon = status.get("RssAnon")
             self.rss_file = status.get("RssFile")
+        if t is not None:
+            self.points.append((round(t, 3), int(rss), int(status.get("VmHWM", rss))))
+
+    def timeline(self, max_points: int = MAX_TIMELINE_POINTS) -> Optional[dict]:
+        """``{"t_s": [...], "rss_bytes": [...], "hwm_bytes": [...]}`` (None without polls); at most
+        ``max_points``: each bucket of consecutive polls keeps its highest RSS, so no peak is lost."""
+        points = self.points
+        if not points:
+            return None
+        if len(points) > max_points:
+            size = -(-len(points) // max_points)
+            points = [max(points[i:i + size], key=lambda p: p[1]) for i in range(0, len(points), size)]
+        return {"t_s": [p[0] for p in points], "rss_bytes": [p[1] for p in points],
+                "hwm_bytes": [p[2] for p in points]}
 
 
 def ru_maxrss_bytes(ru) -> int:
@@ -220,6 +240,7 @@ def run_worker(argv: Sequence[str], timeout_s: float, poll_interval: float = POL
               "orphaned": False}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.monotonic()
+        result["started_at"] = time.time()  # the worker's phase marks are wall-clock times
         try:
             proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env)
         except OSError as exc:
@@ -229,7 +250,7 @@ def run_worker(argv: Sequence[str], timeout_s: float, poll_interval: float = POL
         deadline = start + timeout_s
         temps = []
         while True:
-            memory.add(read_proc_status(proc.pid))
+            memory.add(read_proc_status(proc.pid), time.monotonic() - start)
             temp = facts_mod.read_temp_c()
             if temp is not None:
                 temps.append(temp)
@@ -309,6 +330,13 @@ def process_record(index: int, run: dict, before: dict, after: dict, timeout_s: 
             rec[key] = doc[key]
         if isinstance(doc.get("outputs"), dict):
             rec["outputs"] = doc["outputs"]
+        timeline = memory.timeline()
+        if timeline is not None:
+            marks = doc.get("marks") if isinstance(doc.get("marks"), dict) else {}
+            started = run.get("started_at")
+            timeline["marks"] = {k: round(float(v) - started, 3) for k, v in marks.items()
+                                 if isinstance(v, (int, float)) and started is not None}
+            rec["memory_timeline"] = timeline
         interference = doc.get("interference") if isinstance(doc.get("interference"), dict) else None
         rec["interference"] = interference
         if interference and interference.get("unreplaced"):

@@ -174,30 +174,54 @@ def remeasure(plan: Sequence, synth: Callable[[object], dict], samples: List[dic
 
 
 def measure_phases(synth: Callable[[object], dict], plan: Sequence, warmup: int, rule: StopRule,
-                   clock: Callable[[], float]):
+                   clock: Callable[[], float], marks: Optional[dict] = None):
     """First inference (timed alone, never a sample), ``warmup`` dropped iterations, then the steady state.
 
     Returns (first_inference_s, warmup_done, samples, stop_reason, steady_s). Warmup stops early at the
     rule's deadline; the steady state always starts at the beginning of ``plan`` so its rounds stay
     balanced.
     """
+    marks = {} if marks is None else marks
     t = clock()
     synth(plan[0])
     first_s = clock() - t
+    marks["first_inference"] = time.time()
     warmup_done = 0
     for i in range(warmup):
         if rule.deadline is not None and clock() >= rule.deadline:
             break
         synth(plan[(i + 1) % len(plan)])
         warmup_done += 1
+    marks["warmup"] = time.time()
     samples, reason, steady_s = steady_state(plan, synth, rule, clock)
     return first_s, warmup_done, samples, reason, steady_s
 
 
-class Synthesizer:
-    """Times one (sentence, emotion) through the frontend, the acoustic model and the vocoder."""
+class _Timed:
+    """A module whose calls are timed (the vocoder inside a stream: its share of the interleaved work)."""
 
-    def __init__(self, frontend_module, acoustic, vocoder, clock: Callable[[], float], symbols=None) -> None:
+    def __init__(self, module, clock: Callable[[], float]) -> None:
+        self.module = module
+        self.clock = clock
+        self.elapsed = 0.0
+
+    def __call__(self, *args, **kwargs):
+        t = self.clock()
+        out = self.module(*args, **kwargs)
+        self.elapsed += self.clock() - t
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.module, name)
+
+
+class Synthesizer:
+    """Times one (sentence, emotion) through the frontend, the acoustic model and the vocoder: the whole
+    utterance at once, or streamed in chunks of ``stream_chunk_frames`` mel frames
+    (``devices.ondevice.streaming``), with the time to the first audio."""
+
+    def __init__(self, frontend_module, acoustic, vocoder, clock: Callable[[], float], symbols=None,
+                 stream_chunk_frames: Optional[int] = None) -> None:
         self.frontend = frontend_module
         self.symbols = symbols  # the voice's symbol table (None: the frontend's built-in one)
         from devices.ondevice.agent.interference import Probe
@@ -207,6 +231,14 @@ class Synthesizer:
         self.vocoder = vocoder
         self.clock = clock
         self.parent = os.getppid()
+        self.chunk = stream_chunk_frames
+        if self.chunk is not None:
+            missing = [name for obj, name in ((acoustic, "prepare"), (vocoder, "context_frames"))
+                       if not callable(getattr(obj, name, None))]
+            if missing:
+                raise WorkerError(f"streaming synthesis needs the reference model's streaming interface "
+                                  f"(missing: {', '.join(missing)}); measure this model without "
+                                  "stream_chunk_frames")
 
     def __call__(self, item) -> dict:
         if os.getppid() != self.parent:
@@ -217,10 +249,29 @@ class Synthesizer:
         t0 = clock()
         inputs = self.frontend.text_to_ids(sentence.text, emotion=emotion, symbols=self.symbols).to_tensors()
         t1 = clock()
-        out = self.acoustic(**inputs)
-        t2 = clock()
-        wav = self.vocoder(out.mel.transpose(1, 2))
-        t3 = clock()
+        if self.chunk is None:
+            out = self.acoustic(**inputs)
+            t2 = clock()
+            wav = self.vocoder(out.mel.transpose(1, 2))
+            t3 = clock()
+            frames, samples = int(out.mel.shape[1]), int(wav.shape[-1])
+            acoustic_s, vocoder_s, ttfa_s, margin, chunks = t2 - t1, t3 - t2, t3 - t0, None, 1
+        else:
+            from devices.ondevice import streaming
+
+            vocoder = _Timed(self.vocoder, clock)
+            ready, lengths = [], []
+            for wav in streaming.stream(self.acoustic, vocoder, inputs, self.chunk):
+                ready.append(clock())
+                lengths.append(int(wav.numel()) / float(SAMPLE_RATE))
+            t3 = clock()
+            samples = int(round(sum(lengths) * SAMPLE_RATE))
+            frames = samples // int(self.vocoder.cfg.hop_length)
+            vocoder_s = vocoder.elapsed
+            acoustic_s = (t3 - t1) - vocoder_s
+            ttfa_s = ready[0] - t0 if ready else t3 - t0
+            margin = streaming.realtime_margin(ready, lengths)
+            chunks = len(ready)
         counters = self.probe.delta(before, self.probe.snapshot())
         return {
             **counters,
@@ -230,12 +281,15 @@ class Synthesizer:
             "length_class": sentence.length_class,
             "emotion": emotion,
             "phones": int(inputs["sy"].shape[-1]),
-            "frames": int(out.mel.shape[1]),
-            "audio_s": int(wav.shape[-1]) / float(SAMPLE_RATE),
+            "frames": frames,
+            "audio_s": samples / float(SAMPLE_RATE),
             "frontend_s": t1 - t0,
-            "acoustic_s": t2 - t1,
-            "vocoder_s": t3 - t2,
+            "acoustic_s": acoustic_s,
+            "vocoder_s": vocoder_s,
             "total_s": t3 - t0,
+            "ttfa_s": ttfa_s,
+            "rt_margin_s": margin,
+            "chunks": chunks,
         }
 
 
@@ -249,6 +303,7 @@ def run(args, started: float, phases: dict, clock: Callable[[], float] = time.pe
     from devices.ondevice import models as _models  # noqa: F401 - part of the model code a user's process imports
 
     phases["import_s"] = clock() - t
+    marks = {"import": time.time()}  # wall-clock ends of the phases: the supervisor's memory timeline
     from devices.ondevice.protocol import Protocol
 
     protocol = Protocol.from_document(json.loads(args.protocol))
@@ -268,16 +323,17 @@ def run(args, started: float, phases: dict, clock: Callable[[], float] = time.pe
     t = clock()
     vocoder = load.load_component(args.artifact, "vocoder", verify=False)
     phases["vocoder_load_s"] = clock() - t
+    marks["load"] = time.time()
     acoustic.eval()
     vocoder.eval()
 
     ids = args.sentence_ids.split(",") if args.sentence_ids else None
     plan, block = make_plan(corpus, frontend.EMOTIONS, list(protocol.sentences), protocol.seed, ids)
     symbols = load.symbol_table(artifact.read_config(args.artifact))
-    synth = Synthesizer(frontend, acoustic, vocoder, clock, symbols)
+    synth = Synthesizer(frontend, acoustic, vocoder, clock, symbols, protocol.stream_chunk_frames)
     rule = StopRule(protocol.min_iters, protocol.min_seconds, protocol.max_iters, block, deadline)
     with torch.inference_mode():
-        measured = measure_phases(synth, plan, protocol.warmup, rule, clock)
+        measured = measure_phases(synth, plan, protocol.warmup, rule, clock, marks)
     first_s, warmup_done, samples, reason, steady_s = measured
     phases["first_inference_s"] = first_s
     from devices.ondevice.agent.interference import allowed_cpus
@@ -286,6 +342,7 @@ def run(args, started: float, phases: dict, clock: Callable[[], float] = time.pe
         interference = remeasure(
             plan, synth, samples, torch.get_num_threads(), len(allowed_cpus()), rule, clock
         )
+    marks["steady"] = time.time()
     outputs_doc = None
     if args.check_outputs and samples:
         from devices.ondevice import outputs
@@ -297,7 +354,7 @@ def run(args, started: float, phases: dict, clock: Callable[[], float] = time.pe
         "status": "ok", "error": None, "phases": phases, "samples": samples, "stop_reason": reason,
         "steady_s": steady_s, "warmup_done": warmup_done, "threads": torch.get_num_threads(),
         "torch": str(torch.__version__), "quantized_engine": str(torch.backends.quantized.engine),
-        "interference": interference,
+        "interference": interference, "marks": marks,
     }
     if outputs_doc is not None:
         doc["outputs"] = outputs_doc

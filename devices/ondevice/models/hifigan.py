@@ -14,7 +14,8 @@ exists, else the older ``torch.nn.utils.weight_norm``).
 
 from __future__ import annotations
 
-from typing import List
+import math
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -138,6 +139,45 @@ class HifiGan(nn.Module):
         for m in self._weight_normed:
             _remove_weight_norm(m)
         self._weight_normed = []
+
+    def context_frames(self) -> Tuple[int, int]:
+        """(left, right): mel frames of context that decide the output of a frame (its receptive field,
+        rounded up, plus one frame of margin): a chunk vocoded with that much context on both sides gives
+        the samples of the whole utterance. ``right`` is 0 for the causal configuration."""
+        cfg = self.cfg
+        left = right = 0.0
+
+        def conv(total: int, rate: int) -> Tuple[float, float]:
+            if cfg.causal:
+                return total / rate, 0.0
+            return (total // 2) / rate, (total - total // 2) / rate
+
+        def add(ctx: Tuple[float, float]) -> None:
+            nonlocal left, right
+            left, right = left + ctx[0], right + ctx[1]
+
+        add(conv(cfg.kernel_size - 1, 1))
+        rate = 1
+        for u, k in zip(cfg.upsample_rates, cfg.upsample_kernels):
+            trim = k - u
+            trim_left = 0 if cfg.causal else trim // 2
+            up = (math.ceil((k - 1 - trim_left) / u) / rate, math.ceil(trim_left / u) / rate)
+            rate *= u
+            if cfg.repeat_upsample:
+                rep = conv(cfg.repeat_kernel - 1, rate)
+                up = (max(up[0], rep[0]), max(up[1], rep[1]))
+            add(up)
+            blocks = [(0.0, 0.0)]
+            for kernel in cfg.resblock_kernels:
+                bl = br = 0.0
+                for d in cfg.resblock_dilations:
+                    for total in ((kernel - 1) * d, kernel - 1):
+                        cl, cr = conv(total, rate)
+                        bl, br = bl + cl, br + cr
+                blocks.append((bl, br))
+            add((max(b[0] for b in blocks), max(b[1] for b in blocks)))
+        add(conv(cfg.kernel_size - 1, rate))
+        return math.ceil(left) + 1, (math.ceil(right) + 1 if right > 0 else 0)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         x = self.conv_pre(mel)

@@ -34,7 +34,7 @@ produces B = 1. Runs on the device too: Python 3.8+, torch 1.13+.
 from __future__ import annotations
 
 import math
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, Iterator, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -313,18 +313,22 @@ class PncaDecoder(nn.Module):
     def infer(self, memory: torch.Tensor, x_band: int, h_band: int) -> torch.Tensor:
         """Autoregressive step loop: memory [B,S,Dm] -> [B,S,r*80]. Step 0 gets a zero frame, step t the
         last frame of step t-1 [12]."""
+        return torch.cat(list(self.steps(memory, x_band, h_band)), dim=1)
+
+    def steps(self, memory: torch.Tensor, x_band: int, h_band: int) -> Iterator[torch.Tensor]:
+        """The step loop as a generator: one [B,1,r*80] output per autoregressive step, handed over as soon
+        as the step has run (streaming synthesis consumes them frame group by frame group)."""
         if self.optimized:
             return self._infer_banded(memory, x_band, h_band)
         return self._infer_full(memory, x_band, h_band)
 
-    def _infer_full(self, memory: torch.Tensor, x_band: int, h_band: int) -> torch.Tensor:
+    def _infer_full(self, memory: torch.Tensor, x_band: int, h_band: int) -> Iterator[torch.Tensor]:
         """The original's cost model: a growing cache, every past step and memory step scored, masked."""
         b, steps, _ = memory.shape
         mem_kv = [layer.cross_attn.project_memory(memory) for layer in self.layers]
         caches = [(None, None)] * len(self.layers)
         mem_pos = torch.arange(steps, device=memory.device)
         frame = memory.new_zeros(b, 1, self.n_mels)
-        outputs = []
         for t in range(steps):
             x = self._input(frame, memory[:, t : t + 1])
             past = torch.arange(t + 1, device=memory.device)
@@ -341,11 +345,10 @@ class PncaDecoder(nn.Module):
                 x = x + layer.cross_attn.out(merge_heads(attend(q, mk, mv, mem_mask)))
                 x = layer.ffn(x)
             y = self.out_proj(self.norm(x))
-            outputs.append(y)
+            yield y
             frame = y[:, :, -self.n_mels :]
-        return torch.cat(outputs, dim=1)
 
-    def _infer_banded(self, memory: torch.Tensor, x_band: int, h_band: int) -> torch.Tensor:
+    def _infer_banded(self, memory: torch.Tensor, x_band: int, h_band: int) -> Iterator[torch.Tensor]:
         """The ``optimize`` step's decoder: preallocated cache, attention on the bands only."""
         b, steps, _ = memory.shape
         caches = []
@@ -356,7 +359,6 @@ class PncaDecoder(nn.Module):
             vc = memory.new_zeros(b, sa.n_heads, steps, sa.d_head)
             caches.append((mk, mv, kc, vc))
         frame = memory.new_zeros(b, 1, self.n_mels)
-        outputs = []
         for t in range(steps):
             x = self._input(frame, memory[:, t : t + 1])
             lo, hi = max(0, t - x_band), min(steps, t + h_band + 1)
@@ -370,9 +372,8 @@ class PncaDecoder(nn.Module):
                 x = x + layer.cross_attn.out(merge_heads(attend(q, mk[:, :, t:hi], mv[:, :, t:hi])))
                 x = layer.ffn(x)
             y = self.out_proj(self.norm(x))
-            outputs.append(y)
+            yield y
             frame = y[:, :, -self.n_mels :]
-        return torch.cat(outputs, dim=1)
 
 
 # --------------------------------------------------------------------------------------------- postnet
@@ -470,7 +471,7 @@ class Sambert(nn.Module):
             "emo": emo,
         }
 
-    def run(
+    def prepare(
         self,
         sy: torch.Tensor,
         tone: torch.Tensor,
@@ -479,12 +480,9 @@ class Sambert(nn.Module):
         emotion: torch.Tensor,
         speaker: torch.Tensor,
         durations: Optional[torch.Tensor] = None,
-        teacher_mel: Optional[torch.Tensor] = None,
     ) -> Dict[str, object]:
-        """The forward pass with every intermediate, named after the original's outputs: durations,
-        log_duration_predictions, pitch_predictions, energy_predictions, text_hid, LR_length_rounded,
-        x_band_width, h_band_width, memory [B,S,Dm], dec_outputs and postnet_outputs [B,S*r,80] (frames past
-        each item's length are zero)."""
+        """Everything before the decoder: conditions, durations (predicted or forced), the decoder memory
+        [B,steps,Dm], the band width, the number of steps and the frame mask ``keep`` [B,steps*r,1]."""
         if sy.dim() != 2 or sy.size(1) < 1:
             raise ValueError(f"Sambert: expected ids of shape [batch, phones>=1], got {tuple(sy.shape)}")
         c = self._conditions(sy, tone, syllable_flag, word_segment, emotion, speaker)
@@ -528,6 +526,29 @@ class Sambert(nn.Module):
             ],
             dim=-1,
         )
+        keep = (torch.arange(padded, device=sy.device).unsqueeze(0) < frames.unsqueeze(1)).unsqueeze(-1)
+        return {"conditions": c, "durations": durations, "log_durations": log_durations, "frames": frames,
+                "max_frames": max_frames, "band": band, "steps": steps, "padded": padded, "memory": memory,
+                "keep": keep.to(memory.dtype)}
+
+    def run(
+        self,
+        sy: torch.Tensor,
+        tone: torch.Tensor,
+        syllable_flag: torch.Tensor,
+        word_segment: torch.Tensor,
+        emotion: torch.Tensor,
+        speaker: torch.Tensor,
+        durations: Optional[torch.Tensor] = None,
+        teacher_mel: Optional[torch.Tensor] = None,
+    ) -> Dict[str, object]:
+        """The forward pass with every intermediate, named after the original's outputs: durations,
+        log_duration_predictions, pitch_predictions, energy_predictions, text_hid, LR_length_rounded,
+        x_band_width, h_band_width, memory [B,S,Dm], dec_outputs and postnet_outputs [B,S*r,80] (frames past
+        each item's length are zero)."""
+        p = self.prepare(sy, tone, syllable_flag, word_segment, emotion, speaker, durations)
+        c, memory, band, padded, frames = p["conditions"], p["memory"], p["band"], p["padded"], p["frames"]
+        max_frames, b = p["max_frames"], sy.size(0)
         if teacher_mel is None:
             dec = self.decoder.infer(memory, band, band)
         else:
@@ -539,13 +560,12 @@ class Sambert(nn.Module):
             if teacher.size(1) < padded:
                 teacher = F.pad(teacher, (0, 0, 0, padded - teacher.size(1)))
             dec = self.decoder.teacher_forced(teacher, memory, band, band)
-        keep = (torch.arange(padded, device=sy.device).unsqueeze(0) < frames.unsqueeze(1)).unsqueeze(-1)
-        keep = keep.to(dec.dtype)
+        keep = p["keep"]
         dec_outputs = dec.reshape(b, padded, self.cfg.n_mels) * keep  # [16]
         postnet_outputs = (dec_outputs + self.postnet(dec_outputs, keep)) * keep  # [17]
         return {
-            "durations": durations,
-            "log_duration_predictions": log_durations,
+            "durations": p["durations"],
+            "log_duration_predictions": p["log_durations"],
             "pitch_predictions": c["pitch"],
             "energy_predictions": c["energy"],
             "text_hid": c["text_hid"],
