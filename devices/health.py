@@ -165,8 +165,9 @@ def judge(facts: dict, quantized_engine: str | None = None) -> tuple:
         problems.append(f"Python {python} < {'.'.join(map(str, MIN_PYTHON))}")
     torch = facts.get("torch")
     if not torch and facts.get("torch_signal") in SIGNAL_HINTS:
-        problems.append(f"torch cannot run on this CPU: {facts.get('torch_error')} "
-                        f"({SIGNAL_HINTS[facts['torch_signal']]})")
+        sig = facts["torch_signal"]
+        what = "torch cannot run on this CPU" if sig == "SIGILL" else "torch crashes at import"
+        problems.append(f"{what}: {facts.get('torch_error')} ({SIGNAL_HINTS[sig]})")
     elif not torch:
         problems.append(f"torch not importable ({facts.get('torch_error', 'not installed')})")
     elif _version_tuple(torch) < MIN_TORCH:
