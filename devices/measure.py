@@ -115,7 +115,8 @@ def check_device_outputs(record: dict, artifact_dir: Path, protocol: Protocol) -
         tol = check["tolerance"]
         _fail_record(record, (
             f"outputs differ from the controller's on sentence {check['sentence_id']} "
-            f"({check['precision']}, engine {check['quantized_engine']}): mel max |diff| "
+            f"({check['precision']}, engine {check['quantized_engine']}): mel relative rms "
+            f"{check['mel_rel_rms']} (tolerance {tol['mel_rel_rms']:g}), mel max |diff| "
             f"{check['mel_max_abs']} (tolerance {tol['mel_max_abs']:g}), waveform max |diff| "
             f"{check['wav_max_abs']} (tolerance {tol['wav_max_abs']:g}); {check['durations_differ']} of "
             f"{check['phones']} phone durations differ"))

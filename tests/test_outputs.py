@@ -126,3 +126,22 @@ def test_the_agent_uses_the_devices_engine_and_checks_its_outputs(tmp_path):
     check = proc["output_check"]
     assert check["ok"] and check["precision"] == "int8" and check["quantized_engine"] == "qnnpack"
     assert 0 < check["mel_rel_rms"] < outputs.TOLERANCES["int8"]["mel_rel_rms"]
+
+
+def test_a_board_that_computes_another_model_fails_the_pair(tmp_path, tiny_pair):
+    cfg, acoustic, vocoder = tiny_pair
+    art = save_artifact(tmp_path / "art", acoustic, vocoder, cfg.to_dict(),
+                        manifest_extra={"name": "original"})
+    sentence = next(s for s in corpus.default_corpus() if s.length_class == "short")
+    other = build_acoustic(cfg.acoustic, seed=7).eval()
+    sent = outputs.device_outputs(frontend, None, other, vocoder, sentence, "angry", "qnnpack")
+    record = {"status": "ok", "error": None, "processes": [{"index": 0, "outputs": sent}]}
+    check_device_outputs(record, Path(art.path), Protocol())
+    assert record["status"] == "failed" and "outputs" not in record["processes"][0]
+    assert record["error"].startswith(f"outputs differ from the controller's on sentence {sentence.id} "
+                                      "(fp32, engine qnnpack): mel relative rms ")
+    assert not record["processes"][0]["output_check"]["ok"]
+    good = {"status": "ok", "error": None, "processes": [{"index": 0, "outputs": outputs.device_outputs(
+        frontend, None, acoustic, vocoder, sentence, "angry", "x86")}]}
+    check_device_outputs(good, Path(art.path), Protocol())
+    assert good["status"] == "ok" and good["processes"][0]["output_check"]["ok"]
