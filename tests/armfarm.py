@@ -107,6 +107,20 @@ def arm_cache_root() -> Path:
     return _cache_root
 
 
+def require_arm_boards() -> None:
+    """The check every ARM test starts with: sshd, qemu-user and the prepared boards, or the test is skipped
+    (failed under EDGEBENCH_REQUIRE_SERVICES, as in CI)."""
+    from conftest import require_service
+    from sshfarm import sshd_available
+
+    require_service(sshd_available(), "OpenSSH sshd and ssh-keygen")
+    try:
+        qemu_path()
+        arm_cache_root()
+    except ArmUnavailable as exc:
+        require_service(False, f"emulated aarch64 boards from .ci/arm-boards ({exc})")
+
+
 def qemu_path() -> str:
     path = shutil.which(QEMU_NAME)
     if path is None:

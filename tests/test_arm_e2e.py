@@ -25,9 +25,8 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from armfarm import BOARDS, ArmUnavailable, add_board, arm_cache_root, qemu_path
-from conftest import require_service
-from sshfarm import SSHFarm, sshd_available
+from armfarm import BOARDS, add_board, require_arm_boards
+from sshfarm import SSHFarm
 
 from devices.bundle import build_bundle
 from devices.push import ensure_bundle
@@ -46,12 +45,7 @@ ENGINES = {"pi4-oldtorch": "qnnpack"}
 
 @pytest.fixture(scope="module")
 def arm_farm(tmp_path_factory):
-    require_service(sshd_available(), "OpenSSH sshd and ssh-keygen")
-    try:
-        qemu_path()
-        arm_cache_root()
-    except ArmUnavailable as exc:
-        require_service(False, f"emulated aarch64 boards from .ci/arm-boards ({exc})")
+    require_arm_boards()
     farm = SSHFarm(tmp_path_factory.mktemp("arm-e2e"))
     try:
         devices = {}

@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from armfarm import BOARDS, ArmUnavailable, add_board, arm_cache_root, qemu_path
-from conftest import require_service
-from sshfarm import SSHFarm, sshd_available
+from armfarm import BOARDS, add_board, require_arm_boards
+from sshfarm import SSHFarm
 
 from devices.transport import SSHTransport
 
@@ -39,12 +38,7 @@ print(json.dumps({
 @pytest.fixture(scope="module")
 def arm_boards(tmp_path_factory):
     """name -> (Device, SSHTransport) for every board in armfarm.BOARDS, one sshd each."""
-    require_service(sshd_available(), "OpenSSH sshd and ssh-keygen")
-    try:
-        qemu_path()
-        arm_cache_root()
-    except ArmUnavailable as exc:
-        require_service(False, f"emulated aarch64 boards from .ci/arm-boards ({exc})")
+    require_arm_boards()
     farm = SSHFarm(tmp_path_factory.mktemp("armfarm"))
     boards = {}
     try:
