@@ -48,12 +48,14 @@ def test_user_recipe_fills_defaults_and_keeps_order():
     prune, quant = r.steps
     assert prune.args["heads"] == 0.25 and prune.args["ffn"] == 0.6
     assert prune.args["importance"] == "activation"
-    assert quant.args == {"dtype": "qint8", "modules": ("Linear", "LSTM"), "component": "acoustic"}
+    assert quant.args == {"dtype": "qint8", "modules": ("Linear", "LSTM"), "component": "acoustic",
+                          "onnx_ops": ("MatMul", "Gemm")}
     assert r.to_list()[1] == {
         "step": "quantize",
         "dtype": "qint8",
         "modules": ["Linear", "LSTM"],
         "component": "acoustic",
+        "onnx_ops": ["MatMul", "Gemm"],
     }
 
 
@@ -69,6 +71,7 @@ def test_user_recipe_fills_defaults_and_keeps_order():
         ([{"step": "prune", "protect": ["encoder.embedding"]}], "not a prunable module path"),
         ([{"step": "unstructured_prune", "amount": 1.5}], "amount: must be in [0, 1)"),
         ([{"step": "quantize", "modules": ["Conv1d"]}], "unknown name(s) ['Conv1d']"),
+        ([{"step": "quantize", "onnx_ops": ["Conv1d"]}], "unknown name(s) ['Conv1d']"),
         ([{"step": "quantize", "dtype": "int4"}], "must be one of qint8, float16"),
         ([{"step": "distill", "layers": 0}], "layers: must be in (0, 1]"),
         ([{"step": "distill", "steps": 100000}], "steps: must be in [0, 1000]"),

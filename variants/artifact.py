@@ -22,11 +22,14 @@ from devices.ondevice.artifact import (  # noqa: F401 - re-exported: the control
     ARTIFACT_FORMAT_VERSION,
     COMPONENTS,
     HASHED_FILES,
+    ONNX_FORMAT_VERSION,
+    RUNTIMES,
     SUPPORTED_FORMAT_VERSIONS,
     content_hash,
     list_samples,
     read_config,
     read_manifest,
+    runtime_of,
     sha256_bytes,
     sha256_file,
     verify_files,
@@ -151,8 +154,6 @@ def save_artifact(
     preset, seed, quality, ...). ``samples`` maps a sample name (an emotion) to WAV bytes, written to
     ``samples/<name>.wav`` and listed under the manifest's ``samples`` (not in the content hash).
     """
-    dir = Path(dir)
-    dir.parent.mkdir(parents=True, exist_ok=True)
     config = {
         "format_version": ARTIFACT_FORMAT_VERSION,
         "model": model_section(model_cfg_dict),
@@ -163,16 +164,68 @@ def save_artifact(
         "acoustic.pt": state_dict_bytes(acoustic),
         "vocoder.pt": state_dict_bytes(vocoder),
     }
+    return _write_artifact(
+        Path(dir), ARTIFACT_FORMAT_VERSION, blobs,
+        params={"acoustic": count_params(acoustic), "vocoder": count_params(vocoder)},
+        sizes={"acoustic": len(blobs["acoustic.pt"]), "vocoder": len(blobs["vocoder.pt"])},
+        manifest_extra=manifest_extra, samples=samples,
+    )
+
+
+def save_onnx_artifact(
+    dir: Path,
+    graphs: Mapping[str, bytes],
+    onnx_meta: Mapping[str, Any],
+    model_cfg_dict: Mapping[str, Any],
+    params: Mapping[str, int],
+    manifest_extra: Optional[Mapping[str, Any]] = None,
+    samples: Optional[Mapping[str, bytes]] = None,
+) -> Artifact:
+    """Write an ONNX Runtime artifact (format version 2) atomically: ``<graph>.onnx`` for each graph of
+    ``graphs`` (name -> serialized ONNX, from ``variants.onnx_export``), config.json with ``runtime =
+    "onnxruntime"``, the ``onnx`` metadata and the model section (the voice's symbol table, the dims).
+    ``sizes`` are the bytes of each component's graphs; ``params`` the weights of the source model."""
+    from devices.ondevice.ort import ACOUSTIC_GRAPHS, VOCODER_GRAPHS
+
+    missing = sorted(set(ACOUSTIC_GRAPHS + VOCODER_GRAPHS) - set(graphs))
+    if missing:
+        raise ValueError(f"save_onnx_artifact: graphs missing: {missing}")  # programming error
+    config = {
+        "format_version": ONNX_FORMAT_VERSION,
+        "runtime": "onnxruntime",
+        "model": model_section(model_cfg_dict),
+        "transforms": [],
+        "onnx": dict(onnx_meta),
+    }
+    blobs = {"config.json": _json_bytes(config)}
+    blobs.update({f"{name}.onnx": bytes(data) for name, data in sorted(graphs.items())})
+    sizes = {"acoustic": sum(len(graphs[g]) for g in ACOUSTIC_GRAPHS),
+             "vocoder": sum(len(graphs[g]) for g in VOCODER_GRAPHS)}
+    return _write_artifact(Path(dir), ONNX_FORMAT_VERSION, blobs, params=dict(params), sizes=sizes,
+                           manifest_extra=manifest_extra, samples=samples, runtime="onnxruntime")
+
+
+def _write_artifact(
+    dir: Path,
+    format_version: int,
+    blobs: Mapping[str, bytes],
+    params: Mapping[str, int],
+    sizes: Mapping[str, int],
+    manifest_extra: Optional[Mapping[str, Any]],
+    samples: Optional[Mapping[str, bytes]],
+    runtime: str = "torch",
+) -> Artifact:
+    dir.parent.mkdir(parents=True, exist_ok=True)
     files = {name: sha256_bytes(data) for name, data in blobs.items()}
     manifest: Dict[str, Any] = {
-        "format_version": ARTIFACT_FORMAT_VERSION,
+        "format_version": format_version,
         "name": None,
         "recipe": [],
         "parent": None,
         "preset": None,
         "seed": None,
-        "params": {"acoustic": count_params(acoustic), "vocoder": count_params(vocoder)},
-        "sizes": {"acoustic": len(blobs["acoustic.pt"]), "vocoder": len(blobs["vocoder.pt"])},
+        "params": dict(params),
+        "sizes": dict(sizes),
         "files": files,
         "content_hash": content_hash(files),
         "torch_version": torch.__version__,
@@ -181,8 +234,10 @@ def save_artifact(
         "samples": {},
         "built_at": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
     }
+    if runtime != "torch":
+        manifest["runtime"] = runtime
     for key, value in (manifest_extra or {}).items():
-        if key in ("format_version", "files", "content_hash", "sizes", "params", "samples"):
+        if key in ("format_version", "files", "content_hash", "sizes", "params", "samples", "runtime"):
             raise ValueError(f"manifest_extra may not set {key!r}")  # programming error
         manifest[key] = value
     tmp = Path(tempfile.mkdtemp(dir=str(dir.parent), prefix=f".{dir.name}.tmp-"))

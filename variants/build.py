@@ -25,6 +25,7 @@ from variants import artifact as art
 from variants.cache import BuildCache, cache_key, code_version
 from variants.errors import VariantsError
 from variants.recipes import BUILTIN_VARIANTS, DEFAULT_VARIANTS, Recipe, Step, check_recipe, resolve_variants
+from variants.runtimes import measured_name
 
 SAMPLE_RATE = 16000
 Progress = Callable[[str], None]
@@ -49,12 +50,44 @@ class _Node:
     transforms: List[Dict[str, Any]]
     acoustic: Optional[nn.Module] = None
     vocoder: Optional[nn.Module] = None
+    runtime: str = "torch"
 
-    def models(self) -> Tuple[nn.Module, nn.Module]:
+    def models(self) -> Tuple[Any, Any]:
+        """The node's models: torch modules, or for an onnxruntime node its sessions behind torch-like calls
+        (``TorchFacade``: tensors in, tensors out), so samples and quality proxies treat both alike."""
         if self.acoustic is None or self.vocoder is None:
-            loaded = art.load_artifact(self.path)
-            self.acoustic, self.vocoder = loaded.acoustic, loaded.vocoder
+            if self.runtime == "onnxruntime":
+                from devices.ondevice import ort
+
+                acoustic, vocoder = ort.load(self.path, threads=1)
+                self.acoustic, self.vocoder = TorchFacade(acoustic), TorchFacade(vocoder)
+            else:
+                loaded = art.load_artifact(self.path)
+                self.acoustic, self.vocoder = loaded.acoustic, loaded.vocoder
         return self.acoustic, self.vocoder
+
+
+class TorchFacade:
+    """An onnxruntime model (``devices.ondevice.ort``) called like the torch one: tensors in (numpy to ORT),
+    tensors out; the acoustic model's result has ``mel`` and ``durations`` like ``AcousticOutput``."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def __call__(self, *args, **kwargs):
+        def arr(v):
+            return v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+
+        out = self.model(*(arr(a) for a in args), **{k: arr(v) for k, v in kwargs.items()})
+        if hasattr(out, "mel"):
+            return _FacadeOutput(torch.from_numpy(out.mel), torch.from_numpy(out.durations))
+        return torch.from_numpy(out)
+
+
+@dataclass(frozen=True)
+class _FacadeOutput:
+    mel: torch.Tensor
+    durations: torch.Tensor
 
 
 def _quiet(_msg: str) -> None:
@@ -138,12 +171,9 @@ class _Builder:
         key = cache_key(self.key_model, recipe_list, self.seed, self.code)
         if key in self.nodes:
             return self.nodes[key]
-        hit = self.cache.lookup(key)
+        hit = self._cached(key)
         if hit is not None:
-            config = art.read_config(hit)
-            node = _Node(key, hit, True, config["model"], config["transforms"])
-            self.nodes[key] = node
-            return node
+            return hit
         parent = self.node(steps[:-1], _prefix_name(steps[:-1], name)) if steps else None
         started = time.perf_counter()
         if parent is None:
@@ -173,6 +203,76 @@ class _Builder:
         path = self.cache.path(key)
         art.save_artifact(path, acoustic, vocoder, model, transforms, extra, samples=samples)
         node = _Node(key, path, False, model, transforms, acoustic, vocoder)
+        self.nodes[key] = node
+        return node
+
+    def _cached(self, key: str) -> Optional[_Node]:
+        hit = self.cache.lookup(key)
+        if hit is None:
+            return None
+        config = art.read_config(hit)
+        node = _Node(key, hit, True, config["model"], config["transforms"], runtime=art.runtime_of(config))
+        self.nodes[key] = node
+        return node
+
+    def onnx_node(self, steps: Tuple[Step, ...], name: str) -> _Node:
+        """The onnxruntime artifact of a recipe: its fp32 torch weights exported as ONNX graphs
+        (``variants.onnx_export``). A recipe ending in ``quantize`` exports its parent's fp32 weights and
+        quantizes the graphs with ONNX Runtime's dynamic int8 (the step's ``onnx_ops``, MatMul/Gemm by
+        default): torch's dynamically quantized modules do not export. The manifest records how far the
+        ONNX Runtime outputs are from torch fp32 on the same weights (``onnx_agreement``)."""
+        from variants import onnx_export
+
+        recipe_list = [s.to_dict() for s in steps]
+        runtime_key = {"runtime": "onnxruntime", "opset": onnx_export.OPSET}
+        key = cache_key(self.key_model, [*recipe_list, runtime_key], self.seed, self.code)
+        if key in self.nodes:
+            return self.nodes[key]
+        hit = self._cached(key)
+        if hit is not None:
+            return hit
+        quant = steps[-1] if steps and steps[-1].op == "quantize" else None
+        source_steps = steps[:-1] if quant is not None else steps
+        source = self.node(source_steps, _prefix_name(source_steps, name))
+        acoustic, vocoder = source.models()
+        started = time.perf_counter()
+        self.progress(f"{name}: exporting ONNX graphs")
+        graphs, meta = onnx_export.export(acoustic, vocoder)
+        if quant is not None:
+            args = quant.args
+            self.progress(f"{name}: onnxruntime dynamic int8 ({', '.join(args['onnx_ops'])})")
+            graphs, meta = onnx_export.quantize(graphs, meta, component=args["component"],
+                                                ops=tuple(args["onnx_ops"]))
+        seconds = time.perf_counter() - started
+        from devices.ondevice import ort
+
+        ort_acoustic = ort.OrtAcoustic(graphs, meta, threads=1)
+        ort_vocoder = ort.OrtVocoder(graphs, meta, threads=1)
+        self.progress(f"{name}: onnxruntime against torch")
+        agreement = onnx_export.agreement(acoustic, vocoder, ort_acoustic, ort_vocoder, self.calibration(4))
+        agreement["against"] = ("torch fp32, the same weights before quantization" if quant is not None
+                                else "torch, the same weights")
+        self.progress(f"{name} on onnxruntime: synthesising samples")
+        samples, sample_text = self.samples(TorchFacade(ort_acoustic), TorchFacade(ort_vocoder))
+        source_manifest = art.read_manifest(source.path)
+        extra = {
+            "name": measured_name(name if steps else "original", "onnxruntime"),
+            "recipe": recipe_list,
+            "parent": source_manifest["content_hash"],
+            "preset": self.preset,
+            "seed": self.seed,
+            "code_version": self.code,
+            "build": {"step_report": {"onnx": {k: meta[k] for k in ("opset", "exporter") if k in meta},
+                                      "quantized": meta.get("quantized")},
+                      "seconds": round(seconds, 3), "cache_key": key},
+            "sample_text": sample_text,
+            "source": self.source(),
+            "onnx_agreement": agreement,
+        }
+        path = self.cache.path(key)
+        art.save_onnx_artifact(path, graphs, meta, source.model, source_manifest["params"], extra, samples)
+        node = _Node(key, path, False, source.model, [], TorchFacade(ort_acoustic), TorchFacade(ort_vocoder),
+                     runtime="onnxruntime")
         self.nodes[key] = node
         return node
 
@@ -239,7 +339,7 @@ class _Builder:
         with torch.inference_mode():
             for emo in EMOTIONS:
                 mel = acoustic(**text_to_ids(text, emotion=emo, symbols=self.symbols).to_tensors()).mel
-                wav = vocoder(mel.transpose(1, 2)).reshape(-1)
+                wav = vocoder(mel.transpose(1, 2).contiguous()).reshape(-1)
                 out[emo] = wav_bytes(wav)
         return out, text
 
@@ -360,6 +460,7 @@ def build_variants(
     model_dir: Optional[Path] = None,
     voice: Optional[str] = None,
     loaded_voice=None,
+    runtimes: Sequence[str] = ("torch",),
 ) -> List[BuiltVariant]:
     """Build (or fetch from the cache) every variant; return them in the order asked.
 
@@ -372,6 +473,9 @@ def build_variants(
     original model from a ModelScope model directory instead of a preset (``variants.modelscope``).
     Invalid recipes and unusable model directories raise before anything is built. ``loaded_voice`` is
     ``variants.modelscope.load_voice(model_dir, voice)`` when the caller has read it already.
+    ``runtimes``: "torch" builds the torch artifacts; "onnxruntime" also exports each variant for ONNX Runtime
+    (``<variant dir>.onnxruntime``, named ``variant@onnxruntime``: ``variants.runtimes``). The torch artifacts
+    come first in the result, then the onnxruntime ones, each in the order asked.
     """
     progress = progress or _quiet
     out = Path(out)
@@ -404,12 +508,19 @@ def build_variants(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        for recipe in resolved:
-            node = builder.node(tuple(recipe.steps), recipe.name)
-            builder.ensure_quality(node)
-            manifest = _publish(node.path, out / recipe.dirname, recipe.name)
-            progress(f"{recipe.name}: {'cached' if node.cached else 'built'} -> {out / recipe.dirname}")
-            results.append(BuiltVariant(recipe.name, out / recipe.dirname, manifest, node.cached))
+        for runtime in runtimes:
+            for recipe in resolved:
+                name = measured_name(recipe.name, runtime)
+                if runtime == "torch":
+                    node = builder.node(tuple(recipe.steps), recipe.name)
+                    dest = out / recipe.dirname
+                else:
+                    node = builder.onnx_node(tuple(recipe.steps), recipe.name)
+                    dest = out / f"{recipe.dirname}.{runtime}"
+                builder.ensure_quality(node)
+                manifest = _publish(node.path, dest, name)
+                progress(f"{name}: {'cached' if node.cached else 'built'} -> {dest}")
+                results.append(BuiltVariant(name, dest, manifest, node.cached))
     finally:
         torch.set_num_threads(old_threads)
     return results

@@ -33,6 +33,7 @@ _PRUNABLE = re.compile(
 )
 _VARIANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_+\-]{0,63}$")
 QUANT_MODULES = ("Linear", "LSTM", "GRU")
+ONNX_QUANT_OPS = ("MatMul", "Gemm", "Conv", "LSTM")
 REFERENCE_CONFIG_KEYS = ("enc_heads", "enc_ffn", "dec_heads", "dec_ffn")
 
 
@@ -124,6 +125,13 @@ STEPS: dict[str, StepSpec] = {
                 "names", ("Linear", "LSTM"), "module types quantized", choices=QUANT_MODULES
             ),
             "component": ParamSpec("choice", "acoustic", "which model", choices=("acoustic", "vocoder")),
+            "onnx_ops": ParamSpec(
+                "names", ("MatMul", "Gemm"),
+                "ONNX op types quantized (onnxruntime.quantization dynamic int8, QInt8 weights) when the "
+                "variant runs on onnxruntime; Conv is opt-in: int8 convolutions made vocoders slower in "
+                "published measurements",
+                choices=ONNX_QUANT_OPS,
+            ),
         },
     ),
     "optimize": StepSpec(

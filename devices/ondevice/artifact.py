@@ -13,8 +13,13 @@ Layout of an artifact directory::
     vocoder.pt      torch.save(vocoder.state_dict())
     samples/*.wav   listening samples (listed in the manifest, not part of the content hash)
 
-Identity is the content hash: sha256 over the sorted ``"name:sha256"`` lines of config.json,
-acoustic.pt and vocoder.pt.
+An artifact for ONNX Runtime (format version 2, ``config.json`` ``runtime = "onnxruntime"``) holds the
+model as ONNX graphs instead of the two state_dicts: ``<graph>.onnx`` for each graph of
+``devices.ondevice.ort.GRAPHS``, and config.json's ``onnx`` section (opset, exporter versions, graph hashes,
+ORT quantization). It is loaded with numpy and onnxruntime only (``devices.ondevice.ort``).
+
+Identity is the content hash: sha256 over the sorted ``"name:sha256"`` lines of the hashed files (the
+manifest's ``files``: config.json and the weights, .pt or .onnx).
 """
 
 from __future__ import annotations
@@ -28,11 +33,18 @@ from devices.ondevice.errors import ArtifactError
 
 # Version history of the on-disk format (config.json and manifest.json share it):
 #   1 -- first version (manifest, config with factory + transforms, per-component state_dicts).
+#   2 -- the runtime axis: config.json ``runtime``; an "onnxruntime" artifact holds ONNX graphs (written as 2;
+#        torch artifacts are still written as 1, which every reader of 2 reads).
 ARTIFACT_FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
+ONNX_FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = (1, 2)
 
 COMPONENTS = ("acoustic", "vocoder")
-HASHED_FILES = ("config.json", "acoustic.pt", "vocoder.pt")
+HASHED_FILES = ("config.json", "acoustic.pt", "vocoder.pt")  # a torch artifact's
+RUNTIMES = ("torch", "onnxruntime")
+REFERENCE_FACTORY = "devices.ondevice.models:reference"
+# Factories recorded by earlier layouts of the code, read as today's (config.json is hashed: it keeps them).
+LEGACY_FACTORIES = {"variants.models:reference": REFERENCE_FACTORY}
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
 
@@ -90,13 +102,25 @@ def read_config(dir: Path) -> Dict[str, Any]:
     return _read_json(Path(dir) / CONFIG)
 
 
+def runtime_of(config: Mapping[str, Any], where: str = "config.json") -> str:
+    """The runtime an artifact is for: config.json's ``runtime`` ("torch" when absent: format 1)."""
+    runtime = config.get("runtime", "torch")
+    if runtime not in RUNTIMES:
+        raise ArtifactError(f"{where}: runtime {runtime!r} is not one of {', '.join(RUNTIMES)}; rebuild the "
+                            "artifact with this edgebench")
+    return runtime
+
+
 def verify_files(
-    dir: Path, manifest: Optional[Mapping[str, Any]] = None, names: Sequence[str] = HASHED_FILES
+    dir: Path, manifest: Optional[Mapping[str, Any]] = None, names: Optional[Sequence[str]] = None
 ) -> None:
-    """Check the sha256 of hashed files against the manifest; raise ArtifactError naming the bad file."""
+    """Check the sha256 of hashed files (default: every file the manifest lists) against the manifest;
+    raise ArtifactError naming the bad file."""
     dir = Path(dir)
     manifest = manifest if manifest is not None else read_manifest(dir)
     files = manifest.get("files") or {}
+    if names is None:
+        names = sorted(files) or HASHED_FILES
     for name in names:
         expected = files.get(name)
         path = dir / name

@@ -15,12 +15,18 @@ from typing import Any, Dict, Mapping, Sequence
 
 import torch
 
-from devices.ondevice.artifact import COMPONENTS, read_config, read_manifest, verify_files
+from devices.ondevice.artifact import (  # noqa: F401 - REFERENCE_FACTORY re-exported
+    COMPONENTS,
+    LEGACY_FACTORIES,
+    REFERENCE_FACTORY,
+    read_config,
+    read_manifest,
+    runtime_of,
+    verify_files,
+)
 from devices.ondevice.errors import ArtifactError
+from devices.ondevice.symbols import symbol_table  # noqa: F401 - re-exported
 
-REFERENCE_FACTORY = "devices.ondevice.models:reference"
-# Factories recorded by earlier layouts of the code, read as today's (config.json is hashed: it keeps them).
-LEGACY_FACTORIES = {"variants.models:reference": REFERENCE_FACTORY}
 _QUANT_MODULE_TYPES = {"Linear": torch.nn.Linear, "LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}
 _QUANT_DTYPES = {"qint8": torch.qint8, "float16": torch.float16}
 
@@ -164,6 +170,9 @@ def _load_component(dir: Path, config: Mapping[str, Any], component: str) -> tor
     random initialisation plus a file buffer plus a copy (what loading cost before: about 2.6 times the
     files). Quantized and plugin components are built for real, then loaded from the mapped file (building
     a quantized one from empty quantized modules instead was measured: no lower peak)."""
+    if runtime_of(config, str(dir / "config.json")) != "torch":
+        raise ArtifactError(f"{dir}: an artifact for {config.get('runtime')}, not torch: it holds ONNX "
+                            "graphs (load it with devices.ondevice.ort.load)")
     transforms = [t for t in config.get("transforms", []) if t.get("component") == component]
     path = dir / f"{component}.pt"
     module = None if transforms else _bare_structure(config["model"], component)
@@ -209,20 +218,3 @@ def load_artifact(dir: Path, verify: bool = True) -> LoadedArtifact:
         manifest=manifest,
         config=config,
     )
-
-
-def symbol_table(config: Mapping[str, Any]):
-    """The input symbol table of an artifact's config.json: the loaded voice's dictionaries, or None
-    (the frontend's built-in table: the seeded presets and plugin models)."""
-    model = config.get("model") or {}
-    cfg = model.get("config") if isinstance(model, Mapping) else None
-    factory = model.get("factory", REFERENCE_FACTORY) if isinstance(model, Mapping) else None
-    if LEGACY_FACTORIES.get(factory, factory) != REFERENCE_FACTORY or not isinstance(cfg, Mapping):
-        return None
-    if cfg.get("symbols") is None:
-        return None
-    from devices.ondevice.symbols import SymbolTable
-
-    return SymbolTable.from_dict(cfg["symbols"], "config.json: model.config.symbols")
-
-

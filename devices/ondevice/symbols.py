@@ -341,3 +341,20 @@ def encode_tokens(
             ids.append(table.index(stream, EOS))
         out[stream] = ids
     return out
+
+
+def symbol_table(config: Mapping[str, Any]):
+    """The input symbol table of an artifact's config.json: the loaded voice's dictionaries, or None
+    (the frontend's built-in table: the seeded presets and plugin models)."""
+    from devices.ondevice.artifact import LEGACY_FACTORIES, REFERENCE_FACTORY
+
+    model = config.get("model") or {}
+    cfg = model.get("config") if isinstance(model, Mapping) else None
+    factory = model.get("factory", REFERENCE_FACTORY) if isinstance(model, Mapping) else None
+    if LEGACY_FACTORIES.get(factory, factory) != REFERENCE_FACTORY or not isinstance(cfg, Mapping):
+        return None
+    if cfg.get("symbols") is None:
+        return None
+    return SymbolTable.from_dict(cfg["symbols"], "config.json: model.config.symbols")
+
+
