@@ -1,6 +1,7 @@
 """Device health (``edgebench devices check``): can this device take part in a run?
 
-Reachable, Python and torch present (with versions), enough free disk in the work directory and free
+Reachable, Python and a runtime present (torch, or numpy and onnxruntime; with versions and, for
+onnxruntime, its execution providers), enough free disk in the work directory and free
 memory, temperature, torch's quantized engine. Checked with a small Python program run through the
 transport (stdlib + torch, Python 3.8+), before any bundle is pushed. A device that fails is ineligible
 with the reason (``Health.ok`` False); checking many devices runs them in parallel and one device's
@@ -22,6 +23,7 @@ from devices.transport import Transport, open_transport
 
 MIN_PYTHON = (3, 8)
 MIN_TORCH = (1, 13)
+MIN_ONNXRUNTIME = (1, 14)
 MIN_FREE_DISK_BYTES = 512 * 1024**2
 MIN_MEM_AVAILABLE_BYTES = 256 * 1024**2
 MAX_TEMP_C = 80.0
@@ -88,34 +90,56 @@ facts["cpu_model"] = model or platform.processor() or None
 # torch is imported in a child interpreter: a torch built for newer CPU features than the board has dies
 # with SIGILL at import, which must become a reason here, not a lost SSH session (sys.executable is the
 # board's python command, so this also works where the interpreter is started through a wrapper).
-probe = ("import json, torch; print(json.dumps({'torch': str(torch.__version__), "
-         "'engine': str(torch.backends.quantized.engine), "
-         "'engines': [str(e) for e in torch.backends.quantized.supported_engines]}))")
-t0 = time.time()
-facts["torch"] = None
-try:
-    proc = subprocess.run([sys.executable, "-c", probe], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          timeout=float(sys.argv[2]) if len(sys.argv) > 2 else None)
-    facts["torch_import_s"] = round(time.time() - t0, 3)
+# onnxruntime (with numpy) is probed the same way: the runtimes a board has decide which pairs it can measure.
+limit = float(sys.argv[2]) if len(sys.argv) > 2 else None
+def child(code, what):
+    t0 = time.time()
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              timeout=limit)
+    except subprocess.TimeoutExpired:
+        return None, "%s took longer than %ss" % (what, limit), None, time.time() - t0
+    except (OSError, ValueError) as exc:
+        return None, "%s: %s" % (type(exc).__name__, exc), None, time.time() - t0
     if proc.returncode == 0:
-        got = json.loads(proc.stdout.decode("utf-8", "replace").strip().splitlines()[-1])
-        facts["torch"] = got["torch"].split("+")[0]
-        facts["quantized_engine"] = got["engine"]
-        facts["quantized_engines"] = got["engines"]
-    elif proc.returncode < 0:
+        try:
+            got = json.loads(proc.stdout.decode("utf-8", "replace").strip().splitlines()[-1])
+            return got, None, None, time.time() - t0
+        except (ValueError, IndexError) as exc:
+            return None, "%s printed no facts (%s)" % (what, exc), None, time.time() - t0
+    if proc.returncode < 0:
         try:
             name = signal.Signals(-proc.returncode).name
         except ValueError:
             name = "signal %d" % -proc.returncode
-        facts["torch_error"] = "import torch died with %s" % name
-        facts["torch_signal"] = name
-    else:
-        lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        facts["torch_error"] = lines[-1] if lines else "exit %d" % proc.returncode
-except subprocess.TimeoutExpired:
-    facts["torch_error"] = "import torch took longer than %ss" % sys.argv[2]
-except (OSError, ValueError, KeyError, IndexError) as exc:
-    facts["torch_error"] = "%s: %s" % (type(exc).__name__, exc)
+        return None, "%s died with %s" % (what, name), name, time.time() - t0
+    lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+    return None, lines[-1] if lines else "exit %d" % proc.returncode, None, time.time() - t0
+got, error, sig, took = child(
+    "import json, torch; print(json.dumps({'torch': str(torch.__version__), "
+    "'engine': str(torch.backends.quantized.engine), "
+    "'engines': [str(e) for e in torch.backends.quantized.supported_engines]}))", "import torch")
+facts["torch"] = None
+facts["torch_import_s"] = round(took, 3)
+if got is not None:
+    facts["torch"] = got["torch"].split("+")[0]
+    facts["quantized_engine"] = got["engine"]
+    facts["quantized_engines"] = got["engines"]
+else:
+    facts["torch_error"] = error
+    if sig:
+        facts["torch_signal"] = sig
+got, error, sig, took = child(
+    "import json, numpy, onnxruntime as o; print(json.dumps({'onnxruntime': str(o.__version__), "
+    "'numpy': str(numpy.__version__), 'providers': [str(p) for p in o.get_available_providers()]}))",
+    "import onnxruntime")
+facts["onnxruntime"] = None
+if got is not None:
+    facts["onnxruntime"] = got["onnxruntime"]
+    facts["numpy"] = got["numpy"]
+    facts["ort_providers"] = got["providers"]
+else:
+    facts["onnxruntime_error"] = error
 print(json.dumps(facts))
 """
 
@@ -131,11 +155,19 @@ class Health:
     # False when the device could not be reached at all (connection, host key, timeout): the
     # orchestrator records "unreachable" rather than "ineligible" (reachable but unfit).
     reachable: bool = True
+    # runtime -> why it cannot run here (None: it can); empty when the device was not reached
+    runtimes: dict = field(default_factory=dict)
+
+    def runtime_problem(self, runtime: str) -> str | None:
+        """Why ``runtime`` cannot run on this device (None: it can)."""
+        if not self.runtimes:
+            return self.reason
+        return self.runtimes.get(runtime, f"unknown runtime {runtime!r}")
 
     def to_dict(self) -> dict:
         return {"device": self.device, "ok": self.ok, "reason": self.reason, "warnings": list(self.warnings),
                 "facts": dict(self.facts), "duration_s": round(self.duration_s, 3),
-                "reachable": self.reachable}
+                "reachable": self.reachable, "runtimes": dict(self.runtimes)}
 
 
 def _version_tuple(text: str) -> tuple:
@@ -156,22 +188,48 @@ SIGNAL_HINTS = {
 }
 
 
-def judge(facts: dict, quantized_engine: str | None = None) -> tuple:
-    """(reason or None, warnings) for facts reported by HEALTH_SNIPPET; ``quantized_engine`` is the
-    engine the device is configured to use (None: the board's default)."""
-    problems, warnings = [], []
-    python = facts.get("python") or "?"
-    if _version_tuple(python) < MIN_PYTHON:
-        problems.append(f"Python {python} < {'.'.join(map(str, MIN_PYTHON))}")
+def runtime_problems(facts: dict, quantized_engine: str | None = None) -> dict:
+    """Why each runtime cannot run on the device (None: it can): {"torch": ..., "onnxruntime": ...}."""
+    out: dict = {}
     torch = facts.get("torch")
     if not torch and facts.get("torch_signal") in SIGNAL_HINTS:
         sig = facts["torch_signal"]
         what = "torch cannot run on this CPU" if sig == "SIGILL" else "torch crashes at import"
-        problems.append(f"{what}: {facts.get('torch_error')} ({SIGNAL_HINTS[sig]})")
+        out["torch"] = f"{what}: {facts.get('torch_error')} ({SIGNAL_HINTS[sig]})"
     elif not torch:
-        problems.append(f"torch not importable ({facts.get('torch_error', 'not installed')})")
+        out["torch"] = f"torch not importable ({facts.get('torch_error', 'not installed')})"
     elif _version_tuple(torch) < MIN_TORCH:
-        problems.append(f"torch {torch} < {'.'.join(map(str, MIN_TORCH))}")
+        out["torch"] = f"torch {torch} < {'.'.join(map(str, MIN_TORCH))}"
+    else:
+        engines = facts.get("quantized_engines")
+        if quantized_engine and isinstance(engines, list) and quantized_engine not in engines:
+            out["torch"] = (f"quantized_engine {quantized_engine!r} is not supported by torch {torch} here "
+                            f"(supported: {', '.join(engines) or 'none'})")
+        else:
+            out["torch"] = None
+    ort = facts.get("onnxruntime")
+    if not ort:
+        out["onnxruntime"] = (f"onnxruntime not importable "
+                              f"({facts.get('onnxruntime_error', 'not installed, or numpy missing')})")
+    elif _version_tuple(ort) < MIN_ONNXRUNTIME:
+        out["onnxruntime"] = f"onnxruntime {ort} < {'.'.join(map(str, MIN_ONNXRUNTIME))}"
+    else:
+        out["onnxruntime"] = None
+    return out
+
+
+def judge(facts: dict, quantized_engine: str | None = None, runtimes: Sequence[str] = ("torch",)) -> tuple:
+    """(reason or None, warnings) for facts reported by HEALTH_SNIPPET; ``quantized_engine`` is the
+    engine the device is configured to use (None: the board's default). The device is eligible when it is
+    fit and at least one of ``runtimes`` can run there (a pair whose runtime cannot is ineligible on its own:
+    ``runtime_problems``)."""
+    problems, warnings = [], []
+    python = facts.get("python") or "?"
+    if _version_tuple(python) < MIN_PYTHON:
+        problems.append(f"Python {python} < {'.'.join(map(str, MIN_PYTHON))}")
+    by_runtime = runtime_problems(facts, quantized_engine)
+    if all(by_runtime.get(r) for r in runtimes):
+        problems.extend(by_runtime[r] for r in runtimes)
     free = facts.get("disk_free_bytes")
     if isinstance(free, int) and free < MIN_FREE_DISK_BYTES:
         problems.append(f"only {free / 1024**2:.0f} MiB free disk in {facts.get('work_dir')} "
@@ -183,11 +241,8 @@ def judge(facts: dict, quantized_engine: str | None = None) -> tuple:
     temp = facts.get("temp_c")
     if isinstance(temp, (int, float)) and temp >= MAX_TEMP_C:
         problems.append(f"too hot: {temp:.0f} °C (limit {MAX_TEMP_C:.0f} °C; let it cool down)")
-    engines = facts.get("quantized_engines")
-    if torch and quantized_engine and isinstance(engines, list) and quantized_engine not in engines:
-        problems.append(f"quantized_engine {quantized_engine!r} is not supported by torch {torch} here "
-                        f"(supported: {', '.join(engines) or 'none'})")
-    if torch and facts.get("quantized_engine") in (None, "none"):
+    torch = facts.get("torch")
+    if torch and facts.get("quantized_engine") in (None, "none") and "torch" in runtimes:
         warnings.append("torch has no quantized engine: quantized variants will fail on this device")
     if free is None:
         warnings.append("free disk unknown")
@@ -196,8 +251,10 @@ def judge(facts: dict, quantized_engine: str | None = None) -> tuple:
     return ("; ".join(problems) or None), warnings
 
 
-def check(transport: Transport, device: Device, timeout: float = CHECK_TIMEOUT_S) -> Health:
-    """Health of one device; device failures become ``Health(ok=False, reason=...)``, never exceptions."""
+def check(transport: Transport, device: Device, timeout: float = CHECK_TIMEOUT_S,
+          runtimes: Sequence[str] = ("torch",)) -> Health:
+    """Health of one device; device failures become ``Health(ok=False, reason=...)``, never exceptions.
+    ``runtimes``: those the caller needs (the device is eligible when one of them can run)."""
     start = time.monotonic()
     try:
         argv = [device.python, "-c", HEALTH_SNIPPET, transport.work_dir, f"{timeout * 0.9:g}"]
@@ -220,16 +277,17 @@ def check(transport: Transport, device: Device, timeout: float = CHECK_TIMEOUT_S
         return Health(False, f"health check printed no facts: {result.stdout[-200:]!r}", {}, device.name,
                       (), elapsed)
     engine = getattr(device, "quantized_engine", None)
-    reason, warnings = judge(facts, engine)
+    reason, warnings = judge(facts, engine, runtimes)
     if engine and facts.get("torch"):
         # what the workers will use: the device's setting (the board's default is kept beside it)
         facts["quantized_engine_default"] = facts.get("quantized_engine")
         facts["quantized_engine"] = engine
-    return Health(reason is None, reason, facts, device.name, tuple(warnings), elapsed)
+    return Health(reason is None, reason, facts, device.name, tuple(warnings), elapsed,
+                  runtimes=runtime_problems(facts, engine))
 
 
 def check_device(device: Device, known_hosts: Path | None = None, state_dir: Path | None = None,
-                 timeout: float = CHECK_TIMEOUT_S) -> Health:
+                 timeout: float = CHECK_TIMEOUT_S, runtimes: Sequence[str] = ("torch",)) -> Health:
     """Open a transport, check, close. Never raises for a device-side failure."""
     start = time.monotonic()
     try:
@@ -237,14 +295,15 @@ def check_device(device: Device, known_hosts: Path | None = None, state_dir: Pat
     except DevicesError as exc:
         return Health(False, str(exc), {}, device.name, (), time.monotonic() - start, reachable=False)
     with transport:
-        return check(transport, device, timeout=timeout)
+        return check(transport, device, timeout=timeout, runtimes=runtimes)
 
 
 def check_devices(devices: Sequence[Device], known_hosts: Path | None = None, state_dir: Path | None = None,
-                  timeout: float = CHECK_TIMEOUT_S, max_workers: int = 8) -> list:
+                  timeout: float = CHECK_TIMEOUT_S, max_workers: int = 8,
+                  runtimes: Sequence[str] = ("torch",)) -> list:
     """Health of every device, checked in parallel; results in the order given."""
     if not devices:
         return []
     with ThreadPoolExecutor(max_workers=min(max_workers, len(devices))) as pool:
-        futures = [pool.submit(check_device, d, known_hosts, state_dir, timeout) for d in devices]
+        futures = [pool.submit(check_device, d, known_hosts, state_dir, timeout, runtimes) for d in devices]
         return [f.result() for f in futures]

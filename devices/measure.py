@@ -101,9 +101,7 @@ def check_device_outputs(record: dict, artifact_dir: Path, protocol: Protocol) -
     try:
         sentence = next(s for s in corpus.default_corpus(seed=protocol.seed) if s.id == sent["sentence_id"])
         config = read_config(artifact_dir)
-        precision = "int8" if config.get("transforms") else "fp32"
-        acoustic = load.load_component(artifact_dir, "acoustic", verify=False)
-        vocoder = load.load_component(artifact_dir, "vocoder", verify=False)
+        acoustic, vocoder, precision = _controller_models(artifact_dir, config)
         check = outputs_mod.compare(sent, frontend, load.symbol_table(config), acoustic, vocoder, sentence,
                                     precision)
     except Exception as exc:  # noqa: BLE001 - bad outputs or a model that cannot redo them: this pair fails
@@ -120,6 +118,24 @@ def check_device_outputs(record: dict, artifact_dir: Path, protocol: Protocol) -
             f"{check['mel_max_abs']} (tolerance {tol['mel_max_abs']:g}), waveform max |diff| "
             f"{check['wav_max_abs']} (tolerance {tol['wav_max_abs']:g}); {check['durations_differ']} of "
             f"{check['phones']} phone durations differ"))
+
+
+def _controller_models(artifact_dir: Path, config: dict) -> tuple:
+    """(acoustic, vocoder, precision) of an artifact, loaded here with the artifact's own runtime: a torch
+    artifact's modules, or an onnxruntime artifact's sessions (default session options: the graphs, not the
+    board's settings, are what is compared). Precision "int8" when any component is quantized."""
+    from devices.ondevice.artifact import runtime_of
+
+    if runtime_of(config) == "onnxruntime":
+        from devices.ondevice import ort
+
+        acoustic, vocoder = ort.load(artifact_dir)
+        return acoustic, vocoder, "int8" if (config.get("onnx") or {}).get("quantized") else "fp32"
+    from devices.ondevice import load
+
+    acoustic = load.load_component(artifact_dir, "acoustic", verify=False)
+    vocoder = load.load_component(artifact_dir, "vocoder", verify=False)
+    return acoustic, vocoder, "int8" if config.get("transforms") else "fp32"
 
 
 def _fail_record(record: dict, error: str) -> None:

@@ -14,8 +14,11 @@ rtf = false                     # false switches a budget off
 [class.pi4]                     # devices whose inventory entry has budget_class = "pi4"
 latency_p90_ms_short = 1500
 
-[variant.pruned]                # one variant, on every device (wins over [class.*])
+[variant.pruned]                # one variant, on every device and runtime (wins over [class.*])
 mos = 3.6
+
+[variant."pruned@onnxruntime"]  # that variant on onnxruntime only (wins over [variant.pruned])
+latency_p90_ms_short = 600
 
 [regression]                    # regression detection settings (harness.regress)
 min_ratio = 1.05                # smallest slowdown (ratio of medians) worth failing for
@@ -76,7 +79,11 @@ class Budgets:
         ``variant`` (None: no budget)."""
         if metric not in BUDGET_METRICS:
             raise KeyError(f"unknown budget {metric!r}")
-        for table in (self.variants.get(variant or ""), self.classes.get(device_class or "")):
+        # ``quantized@onnxruntime`` takes [variant."quantized@onnxruntime"], then [variant.quantized]
+        base = (variant or "").split("@", 1)[0]
+        tables = (self.variants.get(variant or ""), self.variants.get(base) if base != variant else None,
+                  self.classes.get(device_class or ""))
+        for table in tables:
             if table is not None and metric in table:
                 return table[metric]
         return self.defaults.get(metric)

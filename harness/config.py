@@ -9,6 +9,7 @@ preset = "base"                  # reference model preset: tiny, base, large
 # model = "mypkg.tts:factory"    # or a user's model factory (see variants.plugin); preset is then ignored
 # [model_config]                 # ... with its configuration table
 variants = ["original", "pruned", "quantized", "pruned+quantized", "small"]
+runtimes = ["torch", "onnxruntime"]   # measure each variant on both (default: ["torch"]; variants.runtimes)
 devices = ["local", "tag:pi4"]   # names or tag:T from the inventory
 inventory = "devices.toml"       # default: ./devices.toml if present
 budgets = "budgets.toml"         # default: the built-in budgets (harness.budgets)
@@ -25,6 +26,8 @@ min_seconds = 5.0
 max_iters = 200
 threads = 2
 timeout_s = 900
+ort_graph_optimization = "all"   # ONNX Runtime session options (onnxruntime variants only)
+ort_providers = ["CPUExecutionProvider"]
 sentences = ["short", "medium", "long"]
 
 [recipes.small]                  # custom variants: raw tables checked by variants.recipes.parse_recipe
@@ -59,12 +62,14 @@ CONFIG_VERSION = 1
 DEFAULT_CONFIG_NAME = "edgebench.toml"
 DEFAULT_PRESET = "base"
 DEFAULT_DEVICES = ("local",)
+DEFAULT_RUNTIMES = ("torch",)
 DEFAULT_OUT_DIR = "edgebench-out"
 DEFAULT_RUN_TIMEOUT_S = 6 * 3600.0
 MAX_RUN_TIMEOUT_S = 7 * 86400.0  # a week: a larger value is a typo, not a run anyone waits for
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _PATH_KEYS = ("inventory", "budgets", "store", "out_dir")
-KEYS = ("version", "preset", "model_dir", "voice", "model", "model_config", "variants", "recipes", "devices",
+KEYS = ("version", "preset", "model_dir", "voice", "model", "model_config", "variants", "runtimes", "recipes",
+        "devices",
         *_PATH_KEYS, "seed", "run_timeout_s", "protocol")
 
 
@@ -79,6 +84,7 @@ class Config:
     model: str | None = None
     model_config: Mapping[str, Any] | None = None
     variants: tuple = ()
+    runtimes: tuple = DEFAULT_RUNTIMES
     recipe_tables: Mapping[str, Any] = field(default_factory=dict)
     recipes: Mapping[str, Any] = field(default_factory=dict)
     devices: tuple = DEFAULT_DEVICES
@@ -99,7 +105,8 @@ class Config:
             "version": CONFIG_VERSION, "preset": self.preset, "model": self.model,
             "model_dir": None if self.model_dir is None else str(self.model_dir), "voice": self.voice,
             "model_config": None if self.model_config is None else dict(self.model_config),
-            "variants": list(self.variants), "recipes": {k: v for k, v in self.recipe_tables.items()},
+            "variants": list(self.variants), "runtimes": list(self.runtimes),
+            "recipes": {k: v for k, v in self.recipe_tables.items()},
             "devices": list(self.devices), "seed": self.seed, "run_timeout_s": self.run_timeout_s,
             "protocol": proto,
         }
@@ -119,7 +126,7 @@ class Config:
                 value["sentences"] = list(value["sentences"])
             elif key in (*_PATH_KEYS, "model_dir") and value is not None:
                 value = str(Path(value).absolute())
-            elif key in ("variants", "devices") and value is not None:
+            elif key in ("variants", "devices", "runtimes") and value is not None:
                 value = list(value)
             data[key] = value
         return parse_config(data, f"{self.source} (with command-line options)", base_dir=Path.cwd())
@@ -195,6 +202,8 @@ def parse_config(data: Mapping[str, Any], source: str, base_dir: Path) -> Config
     variants = _str_list(source, "variants", data["variants"]) if "variants" in data else None
     values["variants"] = tuple(variants if variants is not None else _default_variants())
     _check_variants(source, values["variants"], values["recipes"])
+    if "runtimes" in data:
+        values["runtimes"] = _runtimes(source, data["runtimes"])
     values["devices"] = tuple(_str_list(source, "devices", data.get("devices", list(DEFAULT_DEVICES))))
     for key in _PATH_KEYS:
         if data.get(key) is not None:
@@ -247,6 +256,19 @@ def _recipes(source: str, tables: Mapping[str, Any]) -> dict:
 
     return {name: parse_recipe(table, f"{source}: recipes.{name}", name=name)
             for name, table in tables.items()}
+
+
+def _runtimes(source: str, value: Any) -> tuple:
+    from devices.ondevice.artifact import RUNTIMES
+
+    names = _str_list(source, "runtimes", value)
+    for i, name in enumerate(names):
+        if name not in RUNTIMES:
+            raise ConfigError(source, f"runtimes[{i}]",
+                              f"unknown runtime {name!r}; known: {', '.join(RUNTIMES)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(source, "runtimes", "a runtime is listed twice")
+    return tuple(names)
 
 
 def _check_variants(source: str, variants: tuple, recipes: Mapping[str, Any]) -> None:

@@ -33,6 +33,7 @@ from devices.ondevice.protocol import Protocol
 from devices.transport import open_transport
 from harness.errors import UserError
 from harness.store import Store
+from variants.runtimes import split_measured
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,8 @@ def measure_device(
         record_all(status, f"{device.name}: {exc}", variants)
         return outcomes
     try:
-        health = device_health.check(transport, device)
+        runtimes = list(dict.fromkeys(split_measured(v)[1] for v in variants))
+        health = device_health.check(transport, device, runtimes=runtimes)
         if health.facts:
             identity = _identity(device, health.facts)
         if not health.ok:
@@ -136,6 +138,13 @@ def measure_device(
             status = INELIGIBLE if health.reachable else UNREACHABLE
             record_all(status, f"{device.name}: health check failed: {reason}", variants)
             return outcomes
+        # A pair whose runtime cannot run here (torch missing or crashing, no onnxruntime) is ineligible on
+        # its own; the device's other pairs are measured.
+        for variant in list(variants):
+            problem = health.runtime_problem(split_measured(variant)[1])
+            if problem:
+                record_all(INELIGIBLE, f"{device.name}: {problem}", [variant])
+        variants = [v for v in variants if not health.runtime_problem(split_measured(v)[1])]
         one = dataclasses.replace(
             protocol, processes=1, timeout_s=max(1.0, protocol.timeout_s / max(1, planned))
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,7 +33,9 @@ def _sentence(length_class="short"):
 
 def test_encode_decode_round_trip():
     x = torch.randn(3, 5)
-    assert torch.equal(outputs.decode(json.loads(json.dumps(outputs.encode(x)))), x)
+    back = outputs.decode(json.loads(json.dumps(outputs.encode(x))))
+    assert back.dtype == np.float32 and np.array_equal(back, x.numpy())
+    assert np.array_equal(outputs.decode(outputs.encode(x.numpy())), x.numpy())  # arrays (onnxruntime) too
 
 
 def test_same_model_agrees_exactly(tiny_pair):

@@ -39,7 +39,8 @@ Errors (``FrontendError``): empty or punctuation-only text ("...: nothing to syn
 than ``max_chars``, unknown emotion, speaker outside the table, a symbol the table does not have (naming
 the stream and the symbol).
 
-Runs on the device too: Python 3.8+, standard library + pypinyin (+ torch for ``to_tensors``).
+Runs on the device too: Python 3.8+, standard library + pypinyin (+ torch for ``to_tensors``, numpy for
+``to_arrays``).
 """
 
 from __future__ import annotations
@@ -137,6 +138,20 @@ class PhoneSequence:
     def token_string(self) -> str:
         """ttsfrd-style ``{phone$tone$syllable_flag$word_segment$emotion$speaker} ...``."""
         return format_tokens(zip(*(self.names[s] for s in STREAMS)))
+
+    def to_arrays(self) -> Dict[str, object]:
+        """dict of numpy int64 arrays [1, T] (the onnxruntime runtime's inputs; numpy imported here only)."""
+        import numpy as np
+
+        n = len(self.phones)
+        return {
+            "sy": np.array([self.sy], dtype=np.int64),
+            "tone": np.array([self.tone], dtype=np.int64),
+            "syllable_flag": np.array([self.syllable_flag], dtype=np.int64),
+            "word_segment": np.array([self.word_segment], dtype=np.int64),
+            "emotion": np.full((1, n), self.emotion_id, dtype=np.int64),
+            "speaker": np.full((1, n), self.speaker_id, dtype=np.int64),
+        }
 
     def to_tensors(self) -> Dict[str, object]:
         """dict of LongTensor [1, T]: sy, tone, syllable_flag, word_segment, emotion, speaker."""

@@ -21,13 +21,15 @@ other engines, same weights, seeded ``base`` and ``tiny``: mel relative rms 1.8-
 what a different model gives (of the order of 100 %). A check above its tolerance fails the record: a
 board that computes something else is not measuring the variant.
 
-Standard library and torch only (runs on the device), Python 3.8+.
+On the device: standard library and the artifact's runtime (torch, or numpy and onnxruntime); the comparison
+(controller side) uses numpy. Python 3.8+.
 """
 
 from __future__ import annotations
 
 import base64
 import struct
+import sys
 from typing import Any, Dict, Mapping
 
 #: max |diff| allowed, by precision class of the variant ("int8" when any component is quantized).
@@ -39,47 +41,73 @@ OUTPUTS_VERSION = 1
 
 
 def encode(values) -> Dict[str, Any]:
-    """A float tensor as {"shape", "f32": base64 of little-endian float32} (no numpy on the device)."""
-    flat = [float(v) for v in values.detach().reshape(-1).tolist()]
-    data = struct.pack(f"<{len(flat)}f", *flat)
-    return {"shape": list(values.shape), "f32": base64.b64encode(data).decode("ascii")}
+    """A float tensor or array as {"shape", "f32": base64 of little-endian float32} (no numpy needed)."""
+    data = values.detach() if hasattr(values, "detach") else values
+    flat = [float(v) for v in data.reshape(-1).tolist()]
+    packed = struct.pack(f"<{len(flat)}f", *flat)
+    return {"shape": list(values.shape), "f32": base64.b64encode(packed).decode("ascii")}
 
 
 def decode(obj: Mapping[str, Any]):
-    """The tensor ``encode`` wrote (float32)."""
-    import torch
+    """The values ``encode`` wrote, as a numpy float32 array (controller side)."""
+    import numpy as np
 
     raw = base64.b64decode(obj["f32"])
     n = len(raw) // 4
-    flat = struct.unpack(f"<{n}f", raw[: 4 * n])
-    return torch.tensor(flat, dtype=torch.float32).reshape(obj["shape"])
+    return np.frombuffer(raw[: 4 * n], dtype="<f4").astype(np.float32).reshape(obj["shape"])
+
+
+def _is_torch(model) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
+
+
+def _no_grad(model):
+    """torch.inference_mode for a torch model; nothing for an onnxruntime one (which never imports torch)."""
+    if _is_torch(model):
+        return sys.modules["torch"].inference_mode()
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _array(values):
+    """numpy float64 view of a tensor or an array (controller side)."""
+    import numpy as np
+
+    data = values.detach().cpu().numpy() if hasattr(values, "detach") else values
+    return np.asarray(data, dtype=np.float64)
 
 
 def _rel_rms(diff, ref) -> float:
-    """rms(diff) / rms(ref) (0 when both are empty or zero)."""
-    if not diff.numel():
+    """rms(diff) / rms(ref) (0 when both are empty or zero); numpy arrays."""
+    import numpy as np
+
+    if not diff.size:
         return 0.0
-    num = float(diff.pow(2).mean().sqrt())
-    den = float(ref.pow(2).mean().sqrt())
+    num = float(np.sqrt(np.mean(np.square(diff))))
+    den = float(np.sqrt(np.mean(np.square(ref))))
     return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
 
 
 def synthesize(frontend_module, symbols, acoustic, vocoder, sentence, emotion: str,
-               durations=None) -> tuple:
-    """(inputs, acoustic output, waveform) for one sentence; ``durations`` forces the frames per phone."""
-    import torch
-
-    inputs = frontend_module.text_to_ids(sentence.text, emotion=emotion, symbols=symbols).to_tensors()
-    with torch.inference_mode():
+               durations=None, to_inputs=None) -> tuple:
+    """(inputs, acoustic output, waveform) for one sentence; ``durations`` forces the frames per phone.
+    ``to_inputs`` turns the frontend's ids into the runtime's inputs (default: torch tensors)."""
+    ids = frontend_module.text_to_ids(sentence.text, emotion=emotion, symbols=symbols)
+    inputs = to_inputs(ids) if to_inputs is not None else ids.to_tensors()
+    with _no_grad(acoustic):
         out = acoustic(**inputs) if durations is None else acoustic(**inputs, durations=durations)
-        wav = vocoder(out.mel.transpose(1, 2))
+        wav = vocoder(out.mel.swapaxes(1, 2))
     return inputs, out, wav
 
 
 def device_outputs(frontend_module, symbols, acoustic, vocoder, sentence, emotion: str,
-                   engine: str) -> Dict[str, Any]:
-    """What the device sends: the sentence, its durations, mel and waveform, and the engine used."""
-    _, out, wav = synthesize(frontend_module, symbols, acoustic, vocoder, sentence, emotion)
+                   engine, to_inputs=None) -> Dict[str, Any]:
+    """What the device sends: the sentence, its durations, mel and waveform, and the engine used (None for
+    onnxruntime)."""
+    _, out, wav = synthesize(frontend_module, symbols, acoustic, vocoder, sentence, emotion,
+                             to_inputs=to_inputs)
     return {
         "version": OUTPUTS_VERSION, "sentence_id": sentence.id, "emotion": emotion,
         "quantized_engine": engine,
@@ -90,26 +118,37 @@ def device_outputs(frontend_module, symbols, acoustic, vocoder, sentence, emotio
 
 def compare(outputs: Mapping[str, Any], frontend_module, symbols, acoustic, vocoder, sentence,
             precision: str) -> Dict[str, Any]:
-    """The check of a device's ``outputs`` against this process's models (see the module docstring)."""
-    import torch
+    """The check of a device's ``outputs`` against this process's models (see the module docstring): torch
+    modules or onnxruntime models (``devices.ondevice.ort``), whichever the artifact is for."""
+    import numpy as np
 
     mel_dev = decode(outputs["mel"])
-    wav_dev = decode(outputs["wav"])
-    forced = torch.tensor([outputs["durations"]], dtype=torch.long)
-    _, own, _ = synthesize(frontend_module, symbols, acoustic, vocoder, sentence, outputs["emotion"])
+    wav_dev = decode(outputs["wav"]).astype(np.float64)
+    if _is_torch(acoustic):
+        torch = sys.modules["torch"]
+        forced = torch.tensor([outputs["durations"]], dtype=torch.long)
+        mel_in = torch.from_numpy(mel_dev.copy()).unsqueeze(0).transpose(1, 2)
+        to_inputs = None
+    else:
+        forced = np.array([outputs["durations"]], dtype=np.int64)
+        mel_in = np.ascontiguousarray(mel_dev[None].swapaxes(1, 2))
+        to_inputs = _arrays
+    _, own, _ = synthesize(frontend_module, symbols, acoustic, vocoder, sentence, outputs["emotion"],
+                           to_inputs=to_inputs)
     _, out, _ = synthesize(frontend_module, symbols, acoustic, vocoder, sentence, outputs["emotion"],
-                           durations=forced)
-    with torch.inference_mode():
-        wav_ctl = vocoder(mel_dev.unsqueeze(0).transpose(1, 2)).reshape(-1)
+                           durations=forced, to_inputs=to_inputs)
+    with _no_grad(vocoder):
+        wav_ctl = _array(vocoder(mel_in)).reshape(-1)
     own_durations = [int(d) for d in own.durations[0].tolist()]
     differ = sum(1 for a, b in zip(own_durations, outputs["durations"]) if a != b)
     differ += abs(len(own_durations) - len(outputs["durations"]))
-    mel_ctl = out.mel[0]
+    mel_ctl = _array(out.mel[0])
+    mel_dev = mel_dev.astype(np.float64)
     if tuple(mel_ctl.shape) != tuple(mel_dev.shape) or wav_ctl.shape != wav_dev.shape:
         mel_diff = wav_diff = mel_rel = float("inf")
     else:
-        mel_diff = float((mel_ctl - mel_dev).abs().max()) if mel_dev.numel() else 0.0
-        wav_diff = float((wav_ctl - wav_dev).abs().max()) if wav_dev.numel() else 0.0
+        mel_diff = float(np.abs(mel_ctl - mel_dev).max()) if mel_dev.size else 0.0
+        wav_diff = float(np.abs(wav_ctl - wav_dev).max()) if wav_dev.size else 0.0
         mel_rel = _rel_rms(mel_dev - mel_ctl, mel_ctl)
     tol = TOLERANCES[precision]
     ok = mel_rel <= tol["mel_rel_rms"] and mel_diff <= tol["mel_max_abs"] and wav_diff <= tol["wav_max_abs"]
@@ -122,3 +161,7 @@ def compare(outputs: Mapping[str, Any], frontend_module, symbols, acoustic, voco
         "wav_max_abs": round(wav_diff, 8) if wav_diff != float("inf") else None,
         "tolerance": dict(tol), "ok": bool(ok),
     }
+
+
+def _arrays(ids):
+    return ids.to_arrays()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, fields
 
 from devices.ondevice.errors import DevicesError
@@ -21,8 +22,9 @@ LENGTH_CLASSES = ("short", "medium", "long")
 #   2 -- quantized_engine: the board's quantized engine for the workers (None: torch's default there);
 #        stream_chunk_frames: streaming synthesis in chunks of that many mel frames (None: whole utterance).
 PROTOCOL_FORMAT = "edgebench.protocol"
-PROTOCOL_VERSION = 2
-KNOWN_PROTOCOL_VERSIONS = (2,)
+#   3 -- ort_graph_optimization, ort_providers: ONNX Runtime session options of onnxruntime variants.
+PROTOCOL_VERSION = 3
+KNOWN_PROTOCOL_VERSIONS = (3,)
 
 # Time the agent may need beyond the measurement timeout: interpreter start, facts, lock, JSON out.
 AGENT_OVERHEAD_S = 60.0
@@ -46,6 +48,9 @@ BOUNDS = {
 #: torch.backends.quantized.engine values a protocol may ask for (which of them a board's torch supports is
 #: its own: x86 builds have fbgemm/x86/onednn/qnnpack, aarch64 builds qnnpack/onednn).
 QUANTIZED_ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
+#: onnxruntime.GraphOptimizationLevel by name (ORT_DISABLE_ALL, ORT_ENABLE_BASIC, _EXTENDED, _ALL).
+ORT_GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
+_PROVIDER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}ExecutionProvider$")
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,9 @@ class Protocol:
     stream_chunk_frames: None measures whole-utterance synthesis (what the source article measured); a
     number measures streaming synthesis (devices.ondevice.streaming) in chunks of that many mel frames
     (80 frames = 1 s of audio at 16 kHz, hop 200), with time to first audio per sample.
+    ort_graph_optimization / ort_providers: the ONNX Runtime session options of onnxruntime variants (graph
+    optimisation level, one of ORT_GRAPH_OPTIMIZATIONS; execution providers in order of preference, each
+    ``...ExecutionProvider``). ``threads`` is ORT's intra-op thread count too (inter-op: 1, sequential).
 
     Every value has an upper bound (``BOUNDS``), checked here, so that a typo (``min_seconds = 1e9``,
     ``processes = 5000``) is a configuration error before anything is built or measured, never a run
@@ -86,9 +94,13 @@ class Protocol:
     hot_limit_c: float = 80.0
     quantized_engine: str | None = None
     stream_chunk_frames: int | None = None
+    ort_graph_optimization: str = "all"
+    ort_providers: tuple[str, ...] = ("CPUExecutionProvider",)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sentences", tuple(self.sentences))
+        if isinstance(self.ort_providers, (list, tuple)):
+            object.__setattr__(self, "ort_providers", tuple(self.ort_providers))
         for name in ("processes", "min_iters", "max_iters"):
             _check_int(name, getattr(self, name), minimum=1, maximum=BOUNDS[name])
         _check_int("warmup", self.warmup, minimum=0, maximum=MAX_WARMUP)
@@ -104,6 +116,14 @@ class Protocol:
         if self.quantized_engine is not None and self.quantized_engine not in QUANTIZED_ENGINES:
             raise DevicesError(f"protocol: quantized_engine must be one of {', '.join(QUANTIZED_ENGINES)}, "
                                f"got {self.quantized_engine!r}")
+        if self.ort_graph_optimization not in ORT_GRAPH_OPTIMIZATIONS:
+            raise DevicesError(f"protocol: ort_graph_optimization must be one of "
+                               f"{', '.join(ORT_GRAPH_OPTIMIZATIONS)}, got {self.ort_graph_optimization!r}")
+        providers = self.ort_providers
+        if (not isinstance(providers, tuple) or not providers or len(providers) > 8
+                or not all(isinstance(p, str) and _PROVIDER_NAME.match(p) for p in providers)):
+            raise DevicesError(f"protocol: ort_providers must be a list of 1-8 execution provider names like "
+                               f"'CPUExecutionProvider', got {providers!r}")
         if self.min_iters > self.max_iters:
             raise DevicesError(
                 f"protocol: min_iters ({self.min_iters}) is larger than max_iters ({self.max_iters})"
@@ -121,6 +141,7 @@ class Protocol:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["sentences"] = list(self.sentences)
+        d["ort_providers"] = list(self.ort_providers)
         return d
 
     @classmethod
@@ -179,6 +200,8 @@ class Protocol:
             "seed": self.seed,
             "quantized_engine": self.quantized_engine,
             "stream_chunk_frames": self.stream_chunk_frames,
+            "ort_graph_optimization": self.ort_graph_optimization,
+            "ort_providers": list(self.ort_providers),
         }
 
 

@@ -51,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default: {','.join(DEFAULT_VARIANTS)})",
     )
     parser.add_argument(
+        "--runtimes", type=_csv, default=None,
+        help="comma-separated: torch, onnxruntime (default: the config's, else torch); onnxruntime exports "
+             "each variant as ONNX graphs into <variant>.onnxruntime",
+    )
+    parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"artifact directory (default: {DEFAULT_OUT})"
     )
     parser.add_argument("--seed", type=int, default=None, help="weights and recipe seed (default: 0)")
@@ -77,6 +82,7 @@ def from_args(args: argparse.Namespace) -> int:
         quality=not args.no_quality,
         cache_dir=args.cache_dir,
         model=args.model,
+        runtimes=args.runtimes,
     )
     return 0
 
@@ -94,6 +100,7 @@ def build(
     stderr=None,
     model_dir: Path | None = None,
     voice: str | None = None,
+    runtimes: Sequence[str] | None = None,
 ) -> list:
     """Build the variants, print progress to ``stderr`` and the table to ``stdout``; return them."""
     from rich.console import Console
@@ -102,10 +109,9 @@ def build(
     from variants.build import build_variants
 
     cfg = load_config(config_path)  # arguments given here override the configuration
-    if model_dir is not None or voice is not None:
-        cfg = cfg.with_overrides(
-            **{k: v for k, v in (("model_dir", model_dir), ("voice", voice)) if v is not None}
-        )
+    given = (("model_dir", model_dir), ("voice", voice), ("runtimes", runtimes))
+    if any(v is not None for _, v in given):
+        cfg = cfg.with_overrides(**{k: v for k, v in given if v is not None})
     preset = preset or cfg.preset
     variants = list(variants or cfg.variants)
     seed = cfg.seed if seed is None else seed
@@ -134,6 +140,7 @@ def build(
         voice=cfg.voice,
         recipes=cfg.recipes,
         progress=progress,
+        runtimes=cfg.runtimes,
     )
     Console(file=stdout or sys.stdout, highlight=False, width=160).print(render_table(built))
     return built

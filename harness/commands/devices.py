@@ -76,8 +76,11 @@ def check(selectors=("all",), inventory: str | Path | None = None, state_dir: Pa
     selectors = list(selectors) or ["all"]
     devices = list(inv.devices.values()) if selectors == ["all"] else inv.select(selectors)
     state = state_dir or paths.state_dir()
+    from devices.ondevice.artifact import RUNTIMES
+
+    # eligible when any runtime runs there; the RUNTIMES column says which
     return health_mod.check_devices(devices, known_hosts=paths.known_hosts_path(state), state_dir=state,
-                                    timeout=timeout)
+                                    timeout=timeout, runtimes=RUNTIMES)
 
 
 def trust(name: str, inventory: str | Path | None = None, state_dir: Path | None = None,
@@ -164,17 +167,21 @@ def from_args(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps([h.to_dict() for h in results], indent=2))
         else:
-            rows = [("DEVICE", "STATUS", "MACHINE", "PYTHON", "TORCH", "QENGINE", "DISK FREE", "MEM AVAIL",
-                     "TEMP", "REASON")]
+            rows = [("DEVICE", "STATUS", "MACHINE", "PYTHON", "RUNTIMES", "TORCH", "QENGINE", "ONNXRUNTIME",
+                     "DISK FREE", "MEM AVAIL", "TEMP", "REASON")]
             for h in results:
                 f = h.facts
                 temp = f.get("temp_c")
+                usable = [r for r, problem in h.runtimes.items() if problem is None]
+                # the runtimes a device lacks are not a failure of the device: said next to its warnings
+                notes = [f"{r}: {p}" for r, p in h.runtimes.items() if p] if h.ok else []
                 rows.append((h.device, "ok" if h.ok else "INELIGIBLE", f.get("machine") or "-",
-                             f.get("python") or "-",
+                             f.get("python") or "-", ",".join(usable) or "-",
                              f.get("torch") or "-", f.get("quantized_engine") or "-",
+                             f.get("onnxruntime") or "-",
                              _mib(f.get("disk_free_bytes")), _mib(f.get("mem_available_bytes")),
                              f"{temp:.0f}C" if isinstance(temp, (int, float)) else "-",
-                             h.reason or "; ".join(h.warnings) or ""))
+                             h.reason or "; ".join([*h.warnings, *notes]) or ""))
             print(_table(rows))
         return 0 if all(h.ok for h in results) else CHECK_FAILED_EXIT
     if action == "trust":

@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", type=Path, help="a ModelScope model directory (instead of a preset)")
     parser.add_argument("--voice", help="the model directory's voice (default: the first in voices.json)")
     parser.add_argument("--variants", type=_csv, help="comma-separated variant names (default: 5 core)")
+    parser.add_argument("--runtimes", type=_csv,
+                        help="comma-separated runtimes to measure each variant on: torch, onnxruntime "
+                             "(default: torch)")
     parser.add_argument("--devices", type=_csv, help="comma-separated device names or tag:T (default: local)")
     parser.add_argument("--out", type=Path, help="report directory (default: edgebench-out/RUN_ID)")
     parser.add_argument("--resume", metavar="RUN_ID", help="finish a run: measure only the missing pairs")
@@ -57,6 +60,7 @@ def from_args(args: argparse.Namespace) -> int:
         model_dir=args.model_dir,
         voice=args.voice,
         variants=args.variants,
+        runtimes=args.runtimes,
         devices=args.devices,
         out=args.out,
         resume=args.resume,
@@ -93,6 +97,7 @@ def run(
     model_dir: Path | None = None,
     voice: str | None = None,
     variants: list[str] | None = None,
+    runtimes: list[str] | None = None,
     devices: list[str] | None = None,
     out: Path | None = None,
     resume: str | None = None,
@@ -112,6 +117,7 @@ def run(
     from devices.bundle import build_bundle
     from devices.errors import DevicesError
     from devices.inventory import load_inventory
+    from devices.ondevice.artifact import RUNTIMES
     from harness import gate as gate_mod
     from harness import orchestrate
     from harness.budgets import load_budgets
@@ -121,6 +127,7 @@ def run(
     from harness.store import Store
     from variants.build import build_variants
     from variants.recipes import BUILTIN_VARIANTS
+    from variants.runtimes import measured_names
 
     cfg = load_config(config_path)
     if resume:
@@ -137,6 +144,7 @@ def run(
         "model_dir": model_dir,
         "voice": voice,
         "variants": variants,
+        "runtimes": runtimes,
         "devices": devices,
         "inventory": inventory_path,
         "budgets": budgets_path,
@@ -167,7 +175,7 @@ def run(
     budgets = load_budgets(
         cfg.budgets,
         device_classes={d.budget_class for d in inventory.devices.values() if d.budget_class},
-        variants=[*BUILTIN_VARIANTS, *cfg.recipes, *cfg.variants],
+        variants=measured_names([*BUILTIN_VARIANTS, *cfg.recipes, *cfg.variants], RUNTIMES),
     )
 
     if report:  # a report directory that cannot be written is bad input: found before anything is written
@@ -196,23 +204,25 @@ def run(
             loaded_voice=loaded_voice,  # read above, before anything was written
             recipes=cfg.recipes,
             progress=progress.callback("build"),
+            runtimes=cfg.runtimes,
         )
         artifacts = {b.name: b.path for b in built}
+        measured = measured_names(cfg.variants, cfg.runtimes)  # what a pair measures: variant x runtime
 
         if resume:
             run_id = resume
             missing = set(store.missing_pairs(run_id))
-            pairs = [(d, v) for d in selected for v in cfg.variants if (d.name, v) in missing]
+            pairs = [(d, v) for d in selected for v in measured if (d.name, v) in missing]
         else:
             run_id = store.start_run(
                 config=cfg.to_dict(),
                 budgets=budgets.to_dict(),
                 code_version=__version__,
                 preset=cfg.preset if cfg.model_dir is None else None,
-                variants=list(cfg.variants),
+                variants=measured,
                 devices=[d.name for d in selected],
             )
-            pairs = [(d, v) for d in selected for v in cfg.variants]
+            pairs = [(d, v) for d in selected for v in measured]
         for b in built:
             store.record_artifact(run_id, b.name, str(b.path), b.manifest)
 

@@ -181,13 +181,13 @@ def _os_name():
     return platform.system() or None
 
 
-def _torch_version_without_import():
+def _version_without_import(package: str = "torch"):
     try:
         from importlib import metadata
     except ImportError:  # pragma: no cover - Python < 3.8
         return None
     try:
-        return metadata.version("torch")
+        return metadata.version(package)
     except Exception:  # noqa: BLE001 - any metadata problem means "unknown", never a crash
         return None
 
@@ -245,9 +245,10 @@ def collect(import_torch: bool = False) -> dict:
             facts["torch"] = str(torch.__version__)
             facts["quantized_engine"] = str(torch.backends.quantized.engine)
         except Exception:  # noqa: BLE001 - a broken torch is a fact to report, not a crash
-            facts["torch"] = _torch_version_without_import()
+            facts["torch"] = _version_without_import()
     else:
-        facts["torch"] = _torch_version_without_import()
+        facts["torch"] = _version_without_import()
+    facts["onnxruntime"] = _version_without_import("onnxruntime")
     return facts
 
 

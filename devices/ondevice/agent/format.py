@@ -63,6 +63,9 @@ FACT_FIELDS = (
     Field("python", "str", True, "platform.python_version()"),
     Field("torch", "str", True, "torch version"),
     Field("quantized_engine", "str", True, "torch.backends.quantized.engine"),
+    Field("onnxruntime", "str", True, "onnxruntime version (null: not installed)", False),
+    Field("ort_providers", "list", True, "execution providers the onnxruntime session used (an onnxruntime "
+          "variant's worker), else null", False),
     Field("hostname", "str", True, "socket.gethostname()"),
     Field("board_model", "str", True, "/proc/device-tree/model (Raspberry Pi, Jetson); null elsewhere",
           False),
@@ -88,12 +91,16 @@ PROTOCOL_FIELDS = (
           "in facts_before)", False),
     Field("stream_chunk_frames", "int", True, "streaming synthesis chunk (mel frames); null: whole utterance",
           False),
+    Field("ort_graph_optimization", "str", True, "ONNX Runtime graph optimisation level (onnxruntime "
+          "variants)",
+          False),
+    Field("ort_providers", "list", True, "ONNX Runtime execution providers asked for, in order", False),
 )
 
 PHASE_FIELDS = (
-    Field("import_s", "float", True, "import torch and the model code"),
-    Field("acoustic_load_s", "float", True, "devices.ondevice.load.load_component(acoustic)"),
-    Field("vocoder_load_s", "float", True, "devices.ondevice.load.load_component(vocoder)"),
+    Field("import_s", "float", True, "import the runtime (torch, or numpy and onnxruntime), the model code"),
+    Field("acoustic_load_s", "float", True, "load the acoustic model (state_dict, or ONNX sessions)"),
+    Field("vocoder_load_s", "float", True, "load the vocoder (state_dict, or ONNX session)"),
     Field("first_inference_s", "float", True, "first full synthesis; never part of the samples"),
 )
 
@@ -135,7 +142,9 @@ PROCESS_FIELDS = (
     Field("vm_hwm_bytes", "int", True, "last VmHWM polled from /proc/PID/status", False),
     Field("rss_polls", "int", False, "how many /proc/PID/status samples were read", False),
     Field("temp_max_c", "float", True, "hottest temperature polled while the process ran", False),
-    Field("threads", "int", True, "torch.get_num_threads() in the worker", False),
+    Field("threads", "int", True, "torch.get_num_threads() in the worker (onnxruntime: intra-op threads "
+          "asked "
+          "for, null: its default)", False),
     Field("warmup_done", "int", True, "warmup iterations run and dropped", False),
     Field("stop_reason", "str", True, "STOP_REASONS (null when the worker did not report)", False),
     Field("steady_s", "float", True, "wall seconds of the steady state (all samples)", False),

@@ -348,6 +348,9 @@ def process_record(index: int, run: dict, before: dict, after: dict, timeout_s: 
         for facts in (before, after):
             facts["torch"] = doc.get("torch") or facts.get("torch")
             facts["quantized_engine"] = doc.get("quantized_engine") or facts.get("quantized_engine")
+            facts["onnxruntime"] = doc.get("onnxruntime") or facts.get("onnxruntime")
+            if doc.get("ort_providers"):
+                facts["ort_providers"] = list(doc["ort_providers"])
     code = run["exit_code"]
     if run.get("orphaned"):
         rec["error"] = "the controller went away: the worker was stopped"

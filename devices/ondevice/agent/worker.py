@@ -5,7 +5,8 @@ phase (import of torch and the model code included) is paid again, as a user's p
 Only the final JSON goes to stdout (file descriptor 1 is pointed at stderr while the model code runs,
 so a stray print cannot corrupt it); logs go to stderr.
 
-Runs on the device: standard library + torch + the bundled model code, Python 3.8+.
+Runs on the device: standard library + the artifact's runtime (torch, or numpy and onnxruntime: torch is then
+never imported) + the bundled model code, Python 3.8+.
 """
 
 from __future__ import annotations
@@ -221,7 +222,7 @@ class Synthesizer:
     (``devices.ondevice.streaming``), with the time to the first audio."""
 
     def __init__(self, frontend_module, acoustic, vocoder, clock: Callable[[], float], symbols=None,
-                 stream_chunk_frames: Optional[int] = None) -> None:
+                 stream_chunk_frames: Optional[int] = None, to_inputs=None) -> None:
         self.frontend = frontend_module
         self.symbols = symbols  # the voice's symbol table (None: the frontend's built-in one)
         from devices.ondevice.agent.interference import Probe
@@ -232,6 +233,7 @@ class Synthesizer:
         self.clock = clock
         self.parent = os.getppid()
         self.chunk = stream_chunk_frames
+        self.to_inputs = to_inputs or (lambda ids: ids.to_tensors())
         if self.chunk is not None:
             missing = [name for obj, name in ((acoustic, "prepare"), (vocoder, "context_frames"))
                        if not callable(getattr(obj, name, None))]
@@ -247,12 +249,13 @@ class Synthesizer:
         clock = self.clock
         before = self.probe.snapshot()  # read outside the timed span
         t0 = clock()
-        inputs = self.frontend.text_to_ids(sentence.text, emotion=emotion, symbols=self.symbols).to_tensors()
+        ids = self.frontend.text_to_ids(sentence.text, emotion=emotion, symbols=self.symbols)
+        inputs = self.to_inputs(ids)
         t1 = clock()
         if self.chunk is None:
             out = self.acoustic(**inputs)
             t2 = clock()
-            wav = self.vocoder(out.mel.transpose(1, 2))
+            wav = self.vocoder(out.mel.swapaxes(1, 2))  # torch tensors and numpy arrays alike
             t3 = clock()
             frames, samples = int(out.mel.shape[1]), int(wav.shape[-1])
             acoustic_s, vocoder_s, ttfa_s, margin, chunks = t2 - t1, t3 - t2, t3 - t0, None, 1
@@ -293,54 +296,150 @@ class Synthesizer:
         }
 
 
+class TorchRuntime:
+    """The worker's runtime for a torch artifact: the state_dicts loaded into the bundled model code."""
+
+    name = "torch"
+
+    def __init__(self) -> None:
+        import torch
+
+        from devices.ondevice import load
+        from devices.ondevice import models as _models  # noqa: F401 - part of the model code a user's process imports
+
+        self.torch = torch
+        self.load_module = load
+
+    def configure(self, protocol) -> None:
+        torch = self.torch
+        if protocol.threads:
+            torch.set_num_threads(protocol.threads)
+        if protocol.quantized_engine:
+            supported = [str(e) for e in torch.backends.quantized.supported_engines]
+            if protocol.quantized_engine not in supported:
+                raise WorkerError(f"quantized engine {protocol.quantized_engine!r} is not supported by torch "
+                                  f"{torch.__version__} here (supported: {', '.join(supported)})")
+            torch.backends.quantized.engine = protocol.quantized_engine
+
+    def load(self, artifact_dir: str, component: str):
+        return self.load_module.load_component(artifact_dir, component, verify=False).eval()
+
+    def inputs(self, ids) -> dict:
+        return ids.to_tensors()
+
+    def context(self):
+        return self.torch.inference_mode()
+
+    def threads(self) -> int:
+        return self.torch.get_num_threads()
+
+    def engine(self) -> str:
+        return str(self.torch.backends.quantized.engine)
+
+    def doc(self) -> dict:
+        return {"torch": str(self.torch.__version__), "quantized_engine": self.engine()}
+
+
+class OrtRuntime:
+    """The worker's runtime for an onnxruntime artifact: numpy and onnxruntime only (torch is never imported:
+    a board without torch measures these)."""
+
+    name = "onnxruntime"
+
+    def __init__(self) -> None:
+        import numpy  # noqa: F401 - part of the runtime a user's process imports
+
+        from devices.ondevice import ort
+
+        self.ort = ort
+        self.protocol = None
+        self.providers: list = []
+
+    def configure(self, protocol) -> None:
+        if protocol.stream_chunk_frames is not None:
+            raise WorkerError("streaming synthesis is not implemented for onnxruntime variants (the streamed "
+                              "post-net and vocoder are torch code); measure them without stream_chunk_frames")
+        available = list(self.ort.versions()["providers"])
+        missing = [p for p in protocol.ort_providers if p not in available]
+        if missing:
+            raise WorkerError(f"onnxruntime {self.ort.versions()['onnxruntime']} here has no "
+                              f"{', '.join(missing)} (available: {', '.join(available)})")
+        self.protocol = protocol
+
+    def load(self, artifact_dir: str, component: str):
+        p = self.protocol
+        options = dict(threads=p.threads, graph_optimization=p.ort_graph_optimization,
+                       providers=list(p.ort_providers))
+        model = self.ort.load_component(artifact_dir, component, **options)
+        self.providers = list(getattr(model, "providers", None) or self.providers or p.ort_providers)
+        return model
+
+    def inputs(self, ids) -> dict:
+        return ids.to_arrays()
+
+    def context(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def threads(self):
+        return self.protocol.threads if self.protocol is not None else None
+
+    def engine(self):
+        return None
+
+    def doc(self) -> dict:
+        return {"torch": None, "quantized_engine": None, "onnxruntime": self.ort.versions()["onnxruntime"],
+                "ort_providers": self.providers}
+
+
+RUNTIMES = {"torch": TorchRuntime, "onnxruntime": OrtRuntime}
+
+
 def run(args, started: float, phases: dict, clock: Callable[[], float] = time.perf_counter) -> dict:
     """Every phase of one process, filling ``phases`` as it goes; returns the worker document."""
     deadline = started + args.deadline_s if args.deadline_s else None
-    t = clock()
-    import torch
+    from devices.ondevice import artifact
 
-    from devices.ondevice import artifact, corpus, frontend, load
-    from devices.ondevice import models as _models  # noqa: F401 - part of the model code a user's process imports
+    config = artifact.read_config(args.artifact)  # standard library: which runtime to import
+    runtime_name = artifact.runtime_of(config)
+    t = clock()
+    runtime = RUNTIMES[runtime_name]()
+    from devices.ondevice import corpus, frontend
 
     phases["import_s"] = clock() - t
     marks = {"import": time.time()}  # wall-clock ends of the phases: the supervisor's memory timeline
     from devices.ondevice.protocol import Protocol
 
     protocol = Protocol.from_document(json.loads(args.protocol))
-    if protocol.threads:
-        torch.set_num_threads(protocol.threads)
-    if protocol.quantized_engine:
-        supported = [str(e) for e in torch.backends.quantized.supported_engines]
-        if protocol.quantized_engine not in supported:
-            raise WorkerError(f"quantized engine {protocol.quantized_engine!r} is not supported by torch "
-                              f"{torch.__version__} here (supported: {', '.join(supported)})")
-        torch.backends.quantized.engine = protocol.quantized_engine
+    runtime.configure(protocol)
     # The sha256 check runs before the load timers: a user's process loading a model does not hash it.
     artifact.verify_files(args.artifact)
     t = clock()
-    acoustic = load.load_component(args.artifact, "acoustic", verify=False)
+    acoustic = runtime.load(args.artifact, "acoustic")
     phases["acoustic_load_s"] = clock() - t
     t = clock()
-    vocoder = load.load_component(args.artifact, "vocoder", verify=False)
+    vocoder = runtime.load(args.artifact, "vocoder")
     phases["vocoder_load_s"] = clock() - t
     marks["load"] = time.time()
-    acoustic.eval()
-    vocoder.eval()
 
     ids = args.sentence_ids.split(",") if args.sentence_ids else None
     plan, block = make_plan(corpus, frontend.EMOTIONS, list(protocol.sentences), protocol.seed, ids)
-    symbols = load.symbol_table(artifact.read_config(args.artifact))
-    synth = Synthesizer(frontend, acoustic, vocoder, clock, symbols, protocol.stream_chunk_frames)
+    from devices.ondevice.symbols import symbol_table
+
+    symbols = symbol_table(config)
+    synth = Synthesizer(frontend, acoustic, vocoder, clock, symbols, protocol.stream_chunk_frames,
+                        to_inputs=runtime.inputs)
     rule = StopRule(protocol.min_iters, protocol.min_seconds, protocol.max_iters, block, deadline)
-    with torch.inference_mode():
+    with runtime.context():
         measured = measure_phases(synth, plan, protocol.warmup, rule, clock, marks)
     first_s, warmup_done, samples, reason, steady_s = measured
     phases["first_inference_s"] = first_s
     from devices.ondevice.agent.interference import allowed_cpus
 
-    with torch.inference_mode():
+    with runtime.context():
         interference = remeasure(
-            plan, synth, samples, torch.get_num_threads(), len(allowed_cpus()), rule, clock
+            plan, synth, samples, runtime.threads() or len(allowed_cpus()), len(allowed_cpus()), rule, clock
         )
     marks["steady"] = time.time()
     outputs_doc = None
@@ -348,13 +447,13 @@ def run(args, started: float, phases: dict, clock: Callable[[], float] = time.pe
         from devices.ondevice import outputs
 
         sentence, emotion = plan[0]
-        outputs_doc = outputs.device_outputs(frontend, symbols, acoustic, vocoder, sentence, emotion,
-                                             str(torch.backends.quantized.engine))
+        with runtime.context():
+            outputs_doc = outputs.device_outputs(frontend, symbols, acoustic, vocoder, sentence, emotion,
+                                                 runtime.engine(), to_inputs=runtime.inputs)
     doc = {
         "status": "ok", "error": None, "phases": phases, "samples": samples, "stop_reason": reason,
-        "steady_s": steady_s, "warmup_done": warmup_done, "threads": torch.get_num_threads(),
-        "torch": str(torch.__version__), "quantized_engine": str(torch.backends.quantized.engine),
-        "interference": interference, "marks": marks,
+        "steady_s": steady_s, "warmup_done": warmup_done, "threads": runtime.threads(),
+        "interference": interference, "marks": marks, **runtime.doc(),
     }
     if outputs_doc is not None:
         doc["outputs"] = outputs_doc
