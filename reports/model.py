@@ -203,6 +203,22 @@ def output_check_text(check: Optional[Mapping[str, Any]]) -> Optional[str]:
 
 
 @dataclass(frozen=True)
+class RuntimeAgreement:
+    """How far an onnxruntime artifact's outputs are from torch on the same weights (computed when it was
+    built: ``variants.build``, manifest ``onnx_agreement``), and what ORT quantized in it."""
+
+    variant: str  # the measured name, e.g. quantized@onnxruntime
+    against: str
+    n: int
+    mel_rel_rms: Optional[float]
+    mel_max_abs: Optional[float]
+    wav_max_abs: Optional[float]
+    durations_differ: Optional[int]
+    quantized_ops: Tuple[str, ...] = ()
+    opset: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class ReportData:
     run: RunInfo
     verdict: Optional[Verdict]  # the stored verdict; None: the run was never gated
@@ -215,6 +231,7 @@ class ReportData:
     budgets: Tuple[BudgetLine, ...] = ()  # the budgets in force, for display
     model_source: Mapping[str, Any] = field(default_factory=dict)  # the original's manifest "source"
     processes: Tuple[ProcessInfo, ...] = ()  # every measured process, with its interference
+    runtime_agreement: Tuple[RuntimeAgreement, ...] = ()  # one per onnxruntime artifact of the run
 
     def processes_of(self, device: str) -> Tuple[ProcessInfo, ...]:
         return tuple(p for p in self.processes if p.device == device)
@@ -306,6 +323,7 @@ def load_report_data(store, run_id: str) -> ReportData:
         budgets=tuple(budget_lines(budgets)),
         model_source=_model_source(store.artifacts(run_id)),
         processes=tuple(_processes(effective_attempts)),
+        runtime_agreement=tuple(_runtime_agreement(store.artifacts(run_id))),
     )
 
 
@@ -484,6 +502,25 @@ def _audio(artifacts: Mapping[str, Mapping[str, Any]]) -> Iterable[AudioClip]:
         base = Path(str(entry["path"]))
         for emotion, rel in sorted(((entry.get("manifest") or {}).get("samples") or {}).items(), key=order):
             yield AudioClip(variant=str(variant), emotion=str(emotion), source=base / str(rel))
+
+
+def _runtime_agreement(artifacts: Mapping[str, Mapping[str, Any]]) -> Iterable[RuntimeAgreement]:
+    for variant, entry in artifacts.items():
+        manifest = entry.get("manifest") or {}
+        agreement = manifest.get("onnx_agreement")
+        if not isinstance(agreement, Mapping):
+            continue
+        report = (manifest.get("build") or {}).get("step_report") or {}
+        quantized = report.get("quantized") or {}
+        yield RuntimeAgreement(
+            variant=variant, against=str(agreement.get("against") or "torch"), n=int(agreement.get("n") or 0),
+            mel_rel_rms=_opt_float(agreement.get("mel_rel_rms")),
+            mel_max_abs=_opt_float(agreement.get("mel_max_abs")),
+            wav_max_abs=_opt_float(agreement.get("wav_max_abs")),
+            durations_differ=_opt_int(agreement.get("durations_differ")),
+            quantized_ops=tuple(quantized.get("ops") or ()),
+            opset=_opt_int((report.get("onnx") or {}).get("opset")),
+        )
 
 
 def _model_source(artifacts: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any]:

@@ -1,8 +1,10 @@
 """Comparison tables built from ``ReportData``: one model rendered three ways (HTML, CSV, Markdown).
 
-A ``ComparisonTable`` has one row per variant of one device; every ``Cell`` carries its raw value (the
+A ``ComparisonTable`` has one row per variant and runtime of one device (``quantized`` on torch,
+``quantized@onnxruntime`` on ONNX Runtime: ``variants.runtimes``); every ``Cell`` carries its raw value (the
 metric's unit, for CSV), its display text, the stored verdict's budget check (pass / fail / disturbed /
-none) with the budget shown, and the ratio against ``original`` on the same device. Columns are
+none) with the budget shown, and the ratio against ``original`` on torch on the same device (on every
+runtime: "would ORT meet the budget where torch does not" reads against one reference). Columns are
 ``harness.vocabulary`` metrics: a column's key is the metric's key and the CSV header. Status is never
 colour only: cells carry ✓ / ✗ / ⚠ too.
 """
@@ -17,6 +19,7 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple
 from harness import vocabulary as vocab
 from harness.vocabulary import LENGTH_CLASSES, METRICS, latency_key, ttfa_key
 from reports.model import HEADLINE_CLASS, HEADLINE_METRIC, REFERENCE_VARIANT, ReportData, VariantResult
+from variants.runtimes import split_measured
 
 PASS_MARK = "✓"
 FAIL_MARK = "✗"
@@ -175,6 +178,15 @@ class TableRow:
     throttled: bool = False
     hot: bool = False
     disturbed: Optional[str] = None  # what disturbed the pair's measurement
+
+    @property
+    def name(self) -> str:
+        """The variant without its runtime (``quantized`` of ``quantized@onnxruntime``)."""
+        return split_measured(self.variant)[0]
+
+    @property
+    def runtime(self) -> str:
+        return split_measured(self.variant)[1]
 
     @property
     def failed_budgets(self) -> int:
@@ -412,7 +424,7 @@ def to_csv(tables: Iterable[ComparisonTable]) -> str:
         for c in t.columns:
             if c.key not in [x.key for x in columns]:
                 columns.append(c)
-    header = ["device", "variant", "status"]
+    header = ["device", "variant", "status", "runtime"]
     for c in columns:
         header.append(c.key)
         if c.ratio == "speedup":
@@ -424,7 +436,7 @@ def to_csv(tables: Iterable[ComparisonTable]) -> str:
     for t in tables:
         index = {c.key: i for i, c in enumerate(t.columns)}
         for row in t.rows:
-            line = [t.device, row.variant, row.status]
+            line = [t.device, row.variant, row.status, row.runtime]
             failures, disturbed = [], []
             for c in columns:
                 cell = row.cells[index[c.key]] if c.key in index else None
