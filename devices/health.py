@@ -121,6 +121,12 @@ got, error, sig, took = child(
     "'engines': [str(e) for e in torch.backends.quantized.supported_engines]}))", "import torch")
 facts["torch"] = None
 facts["torch_import_s"] = round(took, 3)
+# the installed version even where it cannot be imported: part of the device identity (as the agent reads it)
+try:
+    from importlib import metadata
+    facts["torch_installed"] = metadata.version("torch")
+except Exception:
+    facts["torch_installed"] = None
 if got is not None:
     facts["torch"] = got["torch"].split("+")[0]
     facts["quantized_engine"] = got["engine"]

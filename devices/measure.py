@@ -170,6 +170,10 @@ def device_identity(device: Device | str, facts: dict) -> dict:
     """
     name = device if isinstance(device, str) else device.name
     ident: dict[str, Any] = {key: (facts or {}).get(key) for key in IDENTITY_FACTS}
+    # The torch installed, imported or not: a board whose torch cannot run (its onnxruntime pairs measured)
+    # has the same identity in the health check's facts (torch None, torch_installed) and the agent's (read
+    # from the package metadata, never imported by the supervisor).
+    ident["torch"] = ident["torch"] or (facts or {}).get("torch_installed")
     if isinstance(ident["torch"], str):
         ident["torch"] = ident["torch"].split("+")[0]
     basis = dict(ident)
