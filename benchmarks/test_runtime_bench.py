@@ -44,7 +44,8 @@ if runtime == "torch":
     import torch
     torch.set_num_threads(1)
     from devices.ondevice import load
-    a, v = load.load_component(path, "acoustic", verify=False), load.load_component(path, "vocoder", verify=False)
+    a = load.load_component(path, "acoustic", verify=False)
+    v = load.load_component(path, "vocoder", verify=False)
     to_inputs = lambda ids: ids.to_tensors()
     ctx = torch.inference_mode
 else:
@@ -122,9 +123,10 @@ def test_torch_against_onnxruntime(benchmark, both_runtimes):
         torch.set_num_threads(old)
 
     ref = statistics.median(times[("original", "torch")]["acoustic"])
-    print(f"\n{PRESET}, {THREADS} thread(s), short sample sentence, n = {ROUNDS} interleaved rounds (medians)")
-    print(f"{'variant':18} {'runtime':12} {'acoustic MB':>11} {'frames':>6} {'acoustic ms':>11} {'ms/frame':>8} "
-          f"{'vocoder ms':>10} {'vs torch original':>17}")
+    print(f"\n{PRESET}, {THREADS} thread(s), short sample sentence, n = {ROUNDS} interleaved rounds "
+          "(medians)")
+    print(f"{'variant':18} {'runtime':12} {'acoustic MB':>11} {'frames':>6} {'acoustic ms':>11} "
+          f"{'ms/frame':>8} {'vocoder ms':>10} {'vs torch original':>17}")
     for v, rt in pairs:
         t = times[(v, rt)]
         ac, vo = statistics.median(t["acoustic"]), statistics.median(t["vocoder"])

@@ -52,7 +52,8 @@ def _fake_device(monkeypatch, records_for, health_facts):
             pass
 
     monkeypatch.setattr(orchestrate, "open_transport", lambda *a, **k: Transport())
-    monkeypatch.setattr(device_health, "check", lambda t, d, **k: Health(True, None, dict(health_facts), d.name))
+    monkeypatch.setattr(device_health, "check",
+                        lambda t, d, **k: Health(True, None, dict(health_facts), d.name))
 
     def measure_variant(transport, device, artifact, variant, protocol, bundle=None, check_outputs=False):
         calls.append((variant, protocol.processes))

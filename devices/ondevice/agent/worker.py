@@ -358,7 +358,8 @@ class OrtRuntime:
     def configure(self, protocol) -> None:
         if protocol.stream_chunk_frames is not None:
             raise WorkerError("streaming synthesis is not implemented for onnxruntime variants (the streamed "
-                              "post-net and vocoder are torch code); measure them without stream_chunk_frames")
+                              "post-net and vocoder are torch code); measure them without "
+                              "stream_chunk_frames")
         available = list(self.ort.versions()["providers"])
         missing = [p for p in protocol.ort_providers if p not in available]
         if missing:
