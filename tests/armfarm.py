@@ -139,12 +139,14 @@ class BoardSpec:
     model: str                 # /proc/device-tree/model without its NUL
     cpuinfo: str               # /proc/cpuinfo, exactly
     throttled: str | None = None   # the `vcgencmd get_throttled` line (no newline); None: no vcgencmd
+    onnxruntime: bool = False      # numpy and onnxruntime (the cache's ort-<version>) installed beside torch
 
     @classmethod
-    def recorded(cls, name: str, qemu_cpu: str, torch: str, data: Path = DATA) -> BoardSpec:
+    def recorded(cls, name: str, qemu_cpu: str, torch: str, data: Path = DATA,
+                 onnxruntime: bool = False) -> BoardSpec:
         folder = data / name
         throttled = folder / "throttled"
-        return cls(name=name, qemu_cpu=qemu_cpu, torch=torch,
+        return cls(name=name, qemu_cpu=qemu_cpu, torch=torch, onnxruntime=onnxruntime,
                    model=(folder / "model").read_text().rstrip("\n"),
                    cpuinfo=(folder / "cpuinfo").read_text(),
                    throttled=throttled.read_text().strip() if throttled.exists() else None)
@@ -155,8 +157,9 @@ BOARDS: dict[str, BoardSpec] = {spec.name: spec for spec in (
     BoardSpec.recorded("pi5", "cortex-a76", "2.10.0"),
     # Raspberry Pi 4 (Cortex-A72, ARMv8.0) with an old torch that still runs on it.
     BoardSpec.recorded("pi4-oldtorch", "cortex-a72", "2.0.1"),
-    # Raspberry Pi 4 with torch 2.10, whose aarch64 wheel needs ARMv8.2: `import torch` dies with SIGILL.
-    BoardSpec.recorded("pi4", "cortex-a72", "2.10.0"),
+    # Raspberry Pi 4 with torch 2.10, whose aarch64 wheel needs ARMv8.2: `import torch` dies with SIGILL;
+    # onnxruntime and numpy are installed too, and run on it.
+    BoardSpec.recorded("pi4", "cortex-a72", "2.10.0", onnxruntime=True),
 )}
 
 
@@ -232,8 +235,19 @@ def prepare_board(spec: BoardSpec, dest: Path, cache_root: Path | None = None) -
     qemu = qemu_path()
     dest = Path(dest)
     root, bin_dir = dest / "root", dest / "bin"
+    site = tuple(SITE_PACKAGES.split("/"))
+    # the board's dist-packages: torch's folder, or (with onnxruntime) a folder of links to both installs
+    packages = {site: ("link", torch_dir)}
+    if spec.onnxruntime:
+        ort_dirs = sorted(cache_root.glob("ort-*"))
+        if not ort_dirs or not (ort_dirs[-1] / "onnxruntime").is_dir():
+            raise ArmUnavailable(f"board {spec.name}: no aarch64 onnxruntime under {cache_root} "
+                                 "(.ci/arm-boards installs it)")
+        packages = {(*site, entry.name): ("link", entry)
+                    for folder in (torch_dir, ort_dirs[-1]) for entry in sorted(folder.iterdir())
+                    if not entry.name.startswith(".")}
     own = {
-        tuple(SITE_PACKAGES.split("/")): ("link", torch_dir),
+        **packages,
         ("proc", "cpuinfo"): spec.cpuinfo.encode(),
         # On the board /proc/device-tree is this same (absolute) link; relative here so that it resolves
         # inside the board root both for qemu's lookup on the host and for the emulated process.
