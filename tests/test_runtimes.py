@@ -177,6 +177,15 @@ def test_core_variants_on_both_runtimes_in_one_run_on_the_local_device(tmp_path)
     ort_row = next(r for r in table if r["variant"] == "original@onnxruntime")
     assert float(ort_row["latency_short_p90_s_speedup_x"]) > 0  # a ratio against torch original
 
+    # A budget for one variant on one runtime: only that pair fails at the gate.
+    strict = tmp_path / "strict.toml"
+    strict.write_text(tomli_w.dumps({**GENEROUS_BUDGETS,
+                                     "variant": {"pruned@onnxruntime": {"acoustic_size_mb": 0.001}}}))
+    gate = _cli(["gate", "--store", str(db), "--budgets", str(strict), "--json"], tmp_path / "home", tmp_path)
+    assert gate.returncode == 1, gate.stderr[-2000:]
+    failed = {(c["variant"], c["metric"]) for c in json.loads(gate.stdout)["checks"] if c["status"] == "fail"}
+    assert failed == {("pruned@onnxruntime", "size_acoustic_bytes")}, failed
+
 
 def _ort_only_python() -> str | None:
     proc = subprocess.run(["bash", str(ROOT / ".ci" / "ort-only-python"), "--check"], capture_output=True,

@@ -82,10 +82,14 @@ def gate(
         stored = st.run(run_id)
         budget_set = None
         if budgets_path is not None:
+            from devices.ondevice.artifact import RUNTIMES
             from variants.recipes import BUILTIN_VARIANTS
+            from variants.runtimes import measured_names, split_measured
 
+            # the names `run` accepts: every known variant on every runtime
+            known = {split_measured(v)[0] for v in (*BUILTIN_VARIANTS, *stored["variants"])}
             budget_set = load_budgets(budgets_path, device_classes=known_classes,
-                                      variants=set(BUILTIN_VARIANTS) | set(stored["variants"]))
+                                      variants=measured_names(sorted(known), RUNTIMES))
         verdict = gate_mod.evaluate(st, run_id, budget_set, baseline, device_classes=device_classes,
                                     allow_unmeasured=allow_unmeasured, save=True)
     if junit is not None:
