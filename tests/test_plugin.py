@@ -74,6 +74,13 @@ def test_structural_steps_need_the_reference_structure(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_plugin_model_is_refused_on_onnxruntime_before_anything_is_built(tmp_path):
+    with pytest.raises(VariantsError, match="onnxruntime needs the reference Sambert-HifiGan.*plugin_model"):
+        build_variants(variants=["original"], out=tmp_path / "out", model_factory=FACTORY,
+                       runtimes=("torch", "onnxruntime"))
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     "spec, needle",
     [

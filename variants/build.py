@@ -488,6 +488,9 @@ def build_variants(
     resolved = resolve_variants(list(variants), recipes)
     for recipe in resolved:
         check_recipe(recipe, model["config"])
+    if model_factory not in (None, art.REFERENCE_FACTORY) and any(r != "torch" for r in runtimes):
+        raise VariantsError(f"runtimes: onnxruntime needs the reference Sambert-HifiGan (its ONNX export is "
+                            f"edgebench's); the model factory {model_factory!r} runs on torch only")
     if model_factory not in (None, art.REFERENCE_FACTORY):
         from variants.plugin import check_conventions
 

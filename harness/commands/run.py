@@ -117,7 +117,7 @@ def run(
     from devices.bundle import build_bundle
     from devices.errors import DevicesError
     from devices.inventory import load_inventory
-    from devices.ondevice.artifact import RUNTIMES
+    from devices.ondevice.artifact import REFERENCE_FACTORY, RUNTIMES
     from harness import gate as gate_mod
     from harness import orchestrate
     from harness.budgets import load_budgets
@@ -187,6 +187,10 @@ def run(
         from variants.plugin import load_factory
 
         load_factory(cfg.model)
+        if "onnxruntime" in cfg.runtimes and cfg.model != REFERENCE_FACTORY:
+            raise UserError(f"{cfg.source}: runtimes: onnxruntime needs the reference Sambert-HifiGan (its "
+                            f"ONNX export is edgebench's); the model factory {cfg.model!r} runs on torch "
+                            "only")
 
     if not resume:
         state = paths.state_dir()
