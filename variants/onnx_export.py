@@ -46,6 +46,7 @@ from devices.ondevice import ort as ort_runtime
 from devices.ondevice.models.hifigan import HifiGan
 from devices.ondevice.models.layers import attend, duration_position_code, merge_heads
 from devices.ondevice.models.sambert import Sambert
+from devices.ondevice.outputs import rel_rms
 from variants.errors import VariantsError
 
 OPSET = 17
@@ -481,12 +482,6 @@ def quantize(
 # ------------------------------------------------------------------------------------------ agreement
 
 
-def _rel_rms(diff: np.ndarray, ref: np.ndarray) -> float:
-    num = float(np.sqrt(np.mean(np.square(diff)))) if diff.size else 0.0
-    den = float(np.sqrt(np.mean(np.square(ref)))) if ref.size else 0.0
-    return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
-
-
 def agreement(
     acoustic: nn.Module,
     vocoder: nn.Module,
@@ -513,7 +508,7 @@ def agreement(
             raise ValueError(f"agreement: ORT mel {forced.mel.shape} != torch mel {mel_ref.shape}")
         diff = forced.mel.astype(np.float64) - mel_ref.astype(np.float64)
         out["n"] += 1
-        out["mel_rel_rms"] = max(out["mel_rel_rms"], _rel_rms(diff, mel_ref.astype(np.float64)))
+        out["mel_rel_rms"] = max(out["mel_rel_rms"], rel_rms(diff, mel_ref.astype(np.float64)))
         out["mel_max_abs"] = max(out["mel_max_abs"], float(np.abs(diff).max()) if diff.size else 0.0)
         if wav.shape != wav_ref.shape:
             raise ValueError(f"agreement: ORT wav {wav.shape} != torch wav {wav_ref.shape}")

@@ -139,33 +139,24 @@ class PhoneSequence:
         """ttsfrd-style ``{phone$tone$syllable_flag$word_segment$emotion$speaker} ...``."""
         return format_tokens(zip(*(self.names[s] for s in STREAMS)))
 
+    def _rows(self) -> Dict[str, List[List[int]]]:
+        """The model inputs as lists [1, T]: sy, tone, syllable_flag, word_segment, emotion, speaker."""
+        n = len(self.phones)
+        return {"sy": [self.sy], "tone": [self.tone], "syllable_flag": [self.syllable_flag],
+                "word_segment": [self.word_segment], "emotion": [[self.emotion_id] * n],
+                "speaker": [[self.speaker_id] * n]}
+
     def to_arrays(self) -> Dict[str, object]:
         """dict of numpy int64 arrays [1, T] (the onnxruntime runtime's inputs; numpy imported here only)."""
         import numpy as np
 
-        n = len(self.phones)
-        return {
-            "sy": np.array([self.sy], dtype=np.int64),
-            "tone": np.array([self.tone], dtype=np.int64),
-            "syllable_flag": np.array([self.syllable_flag], dtype=np.int64),
-            "word_segment": np.array([self.word_segment], dtype=np.int64),
-            "emotion": np.full((1, n), self.emotion_id, dtype=np.int64),
-            "speaker": np.full((1, n), self.speaker_id, dtype=np.int64),
-        }
+        return {k: np.array(v, dtype=np.int64) for k, v in self._rows().items()}
 
     def to_tensors(self) -> Dict[str, object]:
         """dict of LongTensor [1, T]: sy, tone, syllable_flag, word_segment, emotion, speaker."""
         import torch
 
-        n = len(self.phones)
-        return {
-            "sy": torch.tensor([self.sy], dtype=torch.long),
-            "tone": torch.tensor([self.tone], dtype=torch.long),
-            "syllable_flag": torch.tensor([self.syllable_flag], dtype=torch.long),
-            "word_segment": torch.tensor([self.word_segment], dtype=torch.long),
-            "emotion": torch.full((1, n), self.emotion_id, dtype=torch.long),
-            "speaker": torch.full((1, n), self.speaker_id, dtype=torch.long),
-        }
+        return {k: torch.tensor(v, dtype=torch.long) for k, v in self._rows().items()}
 
 
 # --------------------------------------------------------------------------------------- normalisation

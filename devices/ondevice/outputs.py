@@ -79,7 +79,7 @@ def _array(values):
     return np.asarray(data, dtype=np.float64)
 
 
-def _rel_rms(diff, ref) -> float:
+def rel_rms(diff, ref) -> float:
     """rms(diff) / rms(ref) (0 when both are empty or zero); numpy arrays."""
     import numpy as np
 
@@ -149,7 +149,7 @@ def compare(outputs: Mapping[str, Any], frontend_module, symbols, acoustic, voco
     else:
         mel_diff = float(np.abs(mel_ctl - mel_dev).max()) if mel_dev.size else 0.0
         wav_diff = float(np.abs(wav_ctl - wav_dev).max()) if wav_dev.size else 0.0
-        mel_rel = _rel_rms(mel_dev - mel_ctl, mel_ctl)
+        mel_rel = rel_rms(mel_dev - mel_ctl, mel_ctl)
     tol = TOLERANCES[precision]
     ok = mel_rel <= tol["mel_rel_rms"] and mel_diff <= tol["mel_max_abs"] and wav_diff <= tol["wav_max_abs"]
     return {
