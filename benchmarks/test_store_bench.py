@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from records import make_identity, make_manifest, make_record  # noqa: E402
 
+from harness import results  # noqa: E402
 from harness.budgets import default_budgets  # noqa: E402
 from harness.store import Store  # noqa: E402
 
@@ -33,13 +34,13 @@ def record_run(st: Store) -> str:
 def test_insert_a_realistic_run(benchmark, tmp_path):
     st = Store(tmp_path / "results.sqlite")
     rid = benchmark(record_run, st)
-    assert len(st.samples_df(rid)) == len(VARIANTS) * 3 * 60
+    assert len(results.samples_df(st, rid)) == len(VARIANTS) * 3 * 60
     st.close()
 
 
 def test_summary_df_of_a_realistic_run(benchmark, tmp_path):
     st = Store(tmp_path / "results.sqlite")
     rid = record_run(st)
-    summary = benchmark(st.summary_df, rid)
+    summary = benchmark(results.summary_df, st, rid)
     assert len(summary) == len(VARIANTS) * 3 and set(summary["n"]) == {60}
     st.close()

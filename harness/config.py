@@ -90,7 +90,7 @@ class Config:
     devices: tuple = DEFAULT_DEVICES
     inventory: Path | None = None
     budgets: Path | None = None
-    store: Path | None = None
+    store: Path | str | None = None  # a SQLite file, or a postgresql:// URL
     out_dir: Path = Path(DEFAULT_OUT_DIR)
     seed: int = 0
     run_timeout_s: float = DEFAULT_RUN_TIMEOUT_S
@@ -124,6 +124,8 @@ class Config:
             if key == "protocol" and isinstance(value, Protocol):
                 value = dataclasses.asdict(value)
                 value["sentences"] = list(value["sentences"])
+            elif key == "store" and isinstance(value, str) and "://" in value:
+                pass  # a database URL, not a path
             elif key in (*_PATH_KEYS, "model_dir") and value is not None:
                 value = str(Path(value).absolute())
             elif key in ("variants", "devices", "runtimes") and value is not None:
@@ -209,6 +211,9 @@ def parse_config(data: Mapping[str, Any], source: str, base_dir: Path) -> Config
         if data.get(key) is not None:
             if not isinstance(data[key], str) or not data[key].strip():
                 raise ConfigError(source, key, "expected a path (a non-empty string)")
+            if key == "store" and "://" in data[key]:
+                values[key] = _store_url(source, data[key])
+                continue
             p = Path(data[key]).expanduser()
             values[key] = p if p.is_absolute() else base_dir / p
     if "seed" in data:
@@ -327,13 +332,25 @@ def check_output_dir(path: str | Path, what: str) -> Path:
     return p
 
 
-def resolve_store_path(store: str | Path | None = None, config: str | Path | None = None) -> Path:
+def _store_url(source: str, url: str) -> str:
+    from harness.store import StoreError, backend_for
+
+    try:
+        backend_for(url)
+    except StoreError as exc:
+        raise ConfigError(source, "store", str(exc)) from None
+    return url
+
+
+def resolve_store_path(store: str | Path | None = None, config: str | Path | None = None) -> Path | str:
     """The results store a command uses: ``--store``, else the configuration's ``store`` (``--config`` or
-    ./edgebench.toml when present), else the state directory's ``results.sqlite``."""
+    ./edgebench.toml when present), else the state directory's ``results.sqlite``. A ``postgresql://`` URL
+    comes back as a string, a file as a Path."""
     from harness import paths
+    from harness.store import is_url
 
     if store is not None:
-        return Path(store)
+        return str(store) if is_url(str(store)) else Path(store)
     if config is not None or default_config_path().is_file():
         cfg = load_config(config)
         if cfg.store is not None:
@@ -341,12 +358,23 @@ def resolve_store_path(store: str | Path | None = None, config: str | Path | Non
     return paths.results_db_path()
 
 
-def open_existing_store(store: str | Path | None = None, config: str | Path | None = None):
-    """``Store`` on the resolved path; UserError if there is no store file there yet."""
+def open_store(location: Path | str, *, create: bool):
+    """``Store`` at a resolved location. A SQLite file that does not exist yet is created (mode 0600) when
+    ``create``, else a UserError; a database URL is opened as it is (its server says what is wrong)."""
+    from harness import paths
     from harness.errors import UserError
-    from harness.store import Store
+    from harness.store import Store, is_url
 
-    path = resolve_store_path(store, config)
+    if is_url(location):
+        return Store(str(location))
+    path = Path(location)
+    if create:
+        return Store(paths.private_file(path))
     if not path.is_file():
         raise UserError(f"{path}: no results store here; run `edgebench run` first or pass --store")
     return Store(path)
+
+
+def open_existing_store(store: str | Path | None = None, config: str | Path | None = None):
+    """``Store`` on the resolved location; UserError if there is no store file there yet."""
+    return open_store(resolve_store_path(store, config), create=False)

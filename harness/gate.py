@@ -22,7 +22,7 @@ into warnings (``Unmeasured.allowed``) and lets the measured ones decide; a run 
 was measured is "could_not_measure" even then. Optional metrics (MOS, emotion identifiability) without a
 value are "skipped".
 
-Disturbed measurements (``Store.summary_df`` column ``disturbed``, with ``disturbed_reason``) never become
+Disturbed measurements (``results.summary_df`` column ``disturbed``, with ``disturbed_reason``) never become
 "budget_failed" or "regressed": interference only slows a measurement down, so a failed timing or memory
 check on disturbed data is "disturbed", a passed one stays a pass (an upper bound) with the disturbance
 noted, and a regression where either side was disturbed is "disturbed". Size and quality checks do not
@@ -42,6 +42,7 @@ from typing import Any, Mapping, Tuple
 
 import pandas as pd
 
+from harness import results
 from harness import vocabulary as vocab
 from harness.budgets import Budgets, default_budgets
 from harness.errors import ConfigError
@@ -89,7 +90,7 @@ def evaluate(
         budgets = _budgets_of_run(run)
     warnings: list[str] = []
     attempts = store.effective_attempts(run_id)
-    summary = store.summary_df(run_id)
+    summary = results.summary_df(store, run_id)
     rows = _rows_by_pair(summary)
     disturbed = _disturbed_pairs(summary)
     classes = _budget_classes(run, attempts, device_classes, need=bool(budgets.classes), warnings=warnings)
@@ -211,7 +212,8 @@ def _disturbed_comparisons(
             out.append(c)
             continue
         if c.baseline_run_id not in baseline_disturbed:
-            baseline_disturbed[c.baseline_run_id] = _disturbed_pairs(store.summary_df(c.baseline_run_id))
+            baseline_disturbed[c.baseline_run_id] = _disturbed_pairs(
+                results.summary_df(store, c.baseline_run_id))
         reasons = []
         if (c.device, c.variant) in disturbed:
             reasons.append(f"this run: {disturbed[(c.device, c.variant)]}")

@@ -297,4 +297,4 @@ def measure_all(
 
 def check_resumable(store: Store, run_id: str) -> None:
     if run_id not in set(store.runs_df()["run_id"]):
-        raise UserError(f"--resume {run_id}: no such run in {store.path} (see `edgebench history`)")
+        raise UserError(f"--resume {run_id}: no such run in {store.location} (see `edgebench history`)")

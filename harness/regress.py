@@ -37,7 +37,7 @@ from typing import Sequence
 import numpy as np
 from scipy.stats import mannwhitneyu
 
-from harness import stats
+from harness import results, stats
 from harness.budgets import RegressionSettings
 from harness.store import LENGTH_CLASSES, Store
 from harness.verdict import Comparison
@@ -150,12 +150,12 @@ def detect(
     if baseline is not None:
         store.run(baseline)
     result = RegressionResult(run_id)
-    cand_all = store.samples_df(run_id)
+    cand_all = results.samples_df(store, run_id)
     cache: dict[str, object] = {}
 
     def samples_of(rid: str):
         if rid not in cache:
-            cache[rid] = store.samples_df(rid)
+            cache[rid] = results.samples_df(store, rid)
         return cache[rid]
 
     for (device, identity), cand_dev in cand_all.groupby(["device", "device_identity"], sort=True,

@@ -6,7 +6,7 @@ Standard library only: ``reports`` imports it without torch, pandas or the store
 cells, CSV columns. Its value is kept in ``unit`` (SI: seconds, bytes, ...); ``display_unit`` and ``scale``
 say how budgets and gate messages show it (``display = value / scale``: 0.8 s is 800 ms). ``budget_key`` is
 its name in ``budgets.toml`` (None: it cannot be budgeted), in display units. ``columns`` and ``combine``
-say how to read it from ``Store.summary_df`` rows of one (device, variant) (``value_of``). ``disturbable``:
+say how to read it from ``results.summary_df`` rows of one (device, variant) (``value_of``). ``disturbable``:
 interference from other load on the device can inflate it (timing; not a process's own peak memory, size
 or quality).
 
@@ -81,7 +81,7 @@ class Metric:
         return f"{self.to_display(value):.4g} {self.display_unit}".rstrip()
 
     def value_of(self, rows: Sequence[Mapping[str, Any]]) -> float | None:
-        """This metric from the ``Store.summary_df`` rows (as dicts) of one (device, variant)."""
+        """This metric from the ``results.summary_df`` rows (as dicts) of one (device, variant)."""
         if not rows:
             return None
         if self.combine == FROM_CLASS_ROW:

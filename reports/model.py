@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Tuple
 
+from harness import results
 from harness.verdict import Comparison, Verdict, read_verdict
 from harness.vocabulary import BUDGET_METRICS, LENGTH_CLASSES, METRICS, latency_key
 
@@ -306,7 +307,7 @@ def load_report_data(store, run_id: str) -> ReportData:
     )
     stored = store.verdict(run_id)
     verdict = None if stored is None else read_verdict(stored, where=f"verdict of run {run_id}")
-    attempts = tuple(_attempts(store.attempts_df(run_id)))
+    attempts = tuple(_attempts(results.attempts_df(store, run_id)))
     effective_attempts = store.effective_attempts(run_id)
     effective = {key: a["status"] for key, a in effective_attempts.items()}
     identities = {device: dict(a.get("identity") or {}) for (device, _), a in effective_attempts.items()}
@@ -314,8 +315,8 @@ def load_report_data(store, run_id: str) -> ReportData:
     return ReportData(
         run=run,
         verdict=verdict,
-        results=tuple(_results(store.summary_df(run_id), attempts, effective)),
-        samples=_samples(store.samples_df(run_id)),
+        results=tuple(_results(results.summary_df(store, run_id), attempts, effective)),
+        samples=_samples(results.samples_df(store, run_id)),
         devices=tuple(_devices(store.facts(run_id), attempts, identities)),
         attempts=attempts,
         history=tuple(_history(store, run)),
@@ -477,7 +478,7 @@ def _facts_of(rows, phase: str, last: bool, meta: set) -> dict:
 
 def _history(store, run: RunInfo) -> Iterable[TrendPoint]:
     """Short-sentence p90 of the stored runs up to this one (the nightly trend)."""
-    df = store.history_df(limit=HISTORY_RUNS)
+    df = results.history_df(store, limit=HISTORY_RUNS)
     if df.empty:
         return
     df = df[(df["length_class"] == HEADLINE_CLASS) & (df["started_at"] <= run.started_at)]

@@ -78,3 +78,29 @@ def ssh_device(tmp_path):
         yield FarmDevice(farm, "dev")
     finally:
         farm.stop_all()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster for the session (``tests/pgserver.py``); ``postgres.new_database()``
+    gives each test an empty database. Fails in CI when the server or psycopg is missing."""
+    import pgserver
+
+    require_service(pgserver.available(), "PostgreSQL's server binaries and psycopg")
+    server = pgserver.PostgresServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+#: The results store backends every store test runs on.
+STORE_BACKENDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def store_location(request, tmp_path) -> str:
+    """An empty store's location on each backend: a new SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state" / "results.sqlite")
+    return request.getfixturevalue("postgres").new_database()

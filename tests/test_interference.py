@@ -140,10 +140,11 @@ def test_a_cpu_hog_halfway_through_never_becomes_a_budget_failure_or_a_regressio
     payload = json.loads(out)
     outcome = payload["verdict"]["outcome"]
     assert outcome not in ("budget_failed", "regressed"), err[-3000:]
+    from harness import results
     from harness.store import Store
 
     with Store(db) as store:
-        summary = store.summary_df(payload["run_id"])
+        summary = results.summary_df(store, payload["run_id"])
     rows = {r["variant"]: r for r in summary.to_dict("records")}
     assert set(rows) == {"twin-a", "twin-b"}, (payload["pairs"], err[-2000:])
     if not (rows["twin-a"]["disturbed"] or rows["twin-b"]["disturbed"]):
@@ -154,5 +155,5 @@ def test_a_cpu_hog_halfway_through_never_becomes_a_budget_failure_or_a_regressio
         print(f"disturbed: {rows['twin-a']['disturbed_reason']} / {rows['twin-b']['disturbed_reason']}")
     # the hog was seen: some sample or process says so
     with Store(db) as store:
-        flagged = store.samples_df(payload["run_id"], all_attempts=True)["disturbed"].fillna(0).sum()
+        flagged = results.samples_df(store, payload["run_id"], all_attempts=True)["disturbed"].fillna(0).sum()
     assert flagged > 0

@@ -2,7 +2,7 @@ from pathlib import Path
 
 from devices.inventory import local_device
 from devices.ondevice.protocol import Protocol
-from harness import orchestrate
+from harness import orchestrate, results
 from harness.store import Store
 
 
@@ -26,7 +26,7 @@ def test_a_bug_for_one_device_keeps_what_it_recorded_and_fails_only_the_rest(tmp
         ("a", "device said no"), ("b", "local: internal error: KeyError: 'bug'"),
         ("c", "local: internal error: KeyError: 'bug'")]
     assert seen == outcomes
-    attempts = store.attempts_df(run_id)
+    attempts = results.attempts_df(store, run_id)
     assert sorted(attempts["variant"]) == ["a", "b", "c"]  # "a" is not recorded twice
 
 
@@ -98,4 +98,4 @@ def test_a_record_that_claims_another_board_fails_with_the_reason(tmp_path, monk
                                      Protocol(processes=2), Path("kh"), 1e18, None, tmp_path)
     assert [o.status for o in out] == ["failed"]
     assert "claims another device" in out[0].error and "Raspberry Pi 5" in out[0].error
-    assert store.samples_df(run_id, all_attempts=True).empty  # nothing of the lying record is stored
+    assert results.samples_df(store, run_id, all_attempts=True).empty  # nothing of the lying record is stored

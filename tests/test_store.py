@@ -1,4 +1,6 @@
-"""harness.store on real SQLite files: schema and migrations, transactions, crash safety, DataFrames."""
+"""harness.store on both backends, a real SQLite file and a real PostgreSQL database (``store_location``):
+schema and migrations, transactions, crash safety, raw reads and the summaries ``harness.results`` builds.
+A few tests are about one backend's own file or server and say so."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import numpy as np
 import pytest
 from records import make_identity, make_manifest, make_record
 
-from harness import stats
+from harness import results, stats
 from harness import store as store_mod
 from harness.budgets import default_budgets
 from harness.errors import UserError
@@ -30,38 +32,65 @@ def new_run(st: Store, variants=("original", "pruned"), devices=("pi4-a",), **kw
 
 
 @pytest.fixture
-def st(tmp_path):
-    with Store(tmp_path / "state" / "results.sqlite") as s:
+def st(store_location):
+    with Store(store_location) as s:
         yield s
 
 
-def test_new_file_has_current_schema_wal_and_foreign_keys(st):
-    assert st.schema_version() == SCHEMA_VERSION == 3
+def backend(location: str):
+    """The backend module a location opens (for its MIGRATIONS)."""
+    from harness.store import postgres, sqlite
+
+    return postgres if location.startswith("postgresql://") else sqlite
+
+
+def integrity_errors() -> tuple:
+    import psycopg
+
+    return (sqlite3.IntegrityError, psycopg.IntegrityError)
+
+
+def count(st, table: str) -> int:
+    return int(st._query(f"SELECT COUNT(*) AS n FROM {table}")[0]["n"])
+
+
+def has_column(st, table: str, column: str) -> bool:
+    try:
+        st._query(f"SELECT {column} FROM {table} LIMIT 1")
+        return True
+    except Exception:
+        return False
+
+
+def test_a_new_store_has_the_current_schema(st):
+    assert st.schema_version() == SCHEMA_VERSION == 4
+    for table in ("schema_version", "runs", "artifacts", "attempts", "samples", "facts", "mos", "verdicts"):
+        assert count(st, table) >= 0
+
+
+def test_new_sqlite_file_has_wal_and_foreign_keys(tmp_path):
+    st = Store(tmp_path / "state" / "results.sqlite")
     assert st._query("PRAGMA journal_mode")[0][0] == "wal"
     assert st._query("PRAGMA foreign_keys")[0][0] == 1
     tables = {r[0] for r in st._query("SELECT name FROM sqlite_master WHERE type = 'table'")}
     expected = {"schema_version", "runs", "artifacts", "attempts", "samples", "facts", "mos", "verdicts"}
     assert expected <= tables
+    st.close()
 
 
-def test_reopening_keeps_data(tmp_path):
-    path = tmp_path / "r.sqlite"
-    with Store(path) as s:
+def test_reopening_keeps_data(store_location):
+    with Store(store_location) as s:
         rid = new_run(s)
-    with Store(path) as s:
+    with Store(store_location) as s:
         assert s.run(rid)["variants"] == ["original", "pruned"]
         assert s.schema_version() == SCHEMA_VERSION
 
 
-def test_newer_schema_is_refused_with_a_fix(tmp_path):
-    path = tmp_path / "r.sqlite"
-    Store(path).close()
-    conn = sqlite3.connect(path)
-    conn.execute("UPDATE schema_version SET version = 99")
-    conn.commit()
-    conn.close()
+def test_newer_schema_is_refused_with_a_fix(store_location):
+    with Store(store_location) as s, s._tx() as tx:
+        tx.execute("UPDATE schema_version SET version = 99")
     with pytest.raises(StoreError) as err:
-        Store(path)
+        Store(store_location)
     assert isinstance(err.value, UserError)
     msg = str(err.value)
     assert "99" in msg and "upgrade edgebench" in msg and "--store" in msg
@@ -84,35 +113,35 @@ def test_not_sqlite_at_all_is_a_user_error(tmp_path):
         Store(path)
 
 
-def test_migrations_run_in_order_and_roll_back_on_failure(tmp_path, monkeypatch):
-    path = tmp_path / "r.sqlite"
-    with Store(path) as s:
+def test_migrations_run_in_order_and_roll_back_on_failure(store_location, monkeypatch):
+    with Store(store_location) as s:
         rid = new_run(s)
 
     n = SCHEMA_VERSION
+    migrations = backend(store_location).MIGRATIONS
 
-    def to_next(conn):
-        conn.execute("ALTER TABLE runs ADD COLUMN note TEXT")
+    def to_next(tx):
+        tx.execute("ALTER TABLE runs ADD COLUMN note TEXT")
 
     monkeypatch.setattr(store_mod, "SCHEMA_VERSION", n + 1)
-    monkeypatch.setitem(store_mod.MIGRATIONS, n, to_next)
-    with Store(path) as s:
+    monkeypatch.setitem(migrations, n, to_next)
+    with Store(store_location) as s:
         assert s.schema_version() == n + 1
         assert s.run(rid)["run_id"] == rid
-        assert "note" in {r[1] for r in s._query("PRAGMA table_info(runs)")}
+        assert has_column(s, "runs", "note")
 
-    def broken(conn):
-        conn.execute("ALTER TABLE runs ADD COLUMN other TEXT")
+    def broken(tx):
+        tx.execute("ALTER TABLE runs ADD COLUMN other TEXT")
         raise RuntimeError("migration bug")
 
     monkeypatch.setattr(store_mod, "SCHEMA_VERSION", n + 2)
-    monkeypatch.setitem(store_mod.MIGRATIONS, n + 1, broken)
-    with pytest.raises(RuntimeError):
-        Store(path)
-    conn = sqlite3.connect(path)
-    assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == n + 1
-    assert "other" not in {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
-    conn.close()
+    monkeypatch.setitem(migrations, n + 1, broken)
+    with pytest.raises((RuntimeError, StoreError)):
+        Store(store_location)
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", n + 1)
+    with Store(store_location) as s:
+        assert s.schema_version() == n + 1
+        assert not has_column(s, "runs", "other")
 
 
 def test_run_lifecycle_and_missing_pairs(st):
@@ -146,15 +175,14 @@ def test_a_failed_write_leaves_nothing_behind(st):
     rid = new_run(st)
     record = make_record(samples_per_class=6)
     record["processes"][1]["samples"][2]["total_s"] = None  # NOT NULL violated mid-insert
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(integrity_errors()):
         st.record_attempt(rid, "pi4-a", make_identity(), "original", "ok", None, record)
-    assert st.attempts_df(rid).empty
-    assert st._query("SELECT COUNT(*) FROM samples")[0][0] == 0
-    assert st._query("SELECT COUNT(*) FROM facts")[0][0] == 0
+    assert results.attempts_df(st, rid).empty
+    assert count(st, "samples") == 0 and count(st, "facts") == 0
 
 
 def test_attempt_on_unknown_run_violates_foreign_key(st):
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(integrity_errors()):
         st.record_attempt("no-such-run", "pi4-a", make_identity(), "original", "ok", None, make_record())
 
 
@@ -163,12 +191,12 @@ def test_samples_df_and_the_effective_attempt(st):
     st.record_attempt(rid, "pi4-a", make_identity(), "original", "failed", "boom",
                       make_record(status="failed", error="boom", samples_per_class=3, seed=1))
     st.record_attempt(rid, "pi4-a", make_identity(), "original", "ok", None, make_record(samples_per_class=9))
-    df = st.samples_df(rid)
+    df = results.samples_df(st, rid)
     assert list(df.columns[: len(SAMPLE_COLUMNS)]) == list(SAMPLE_COLUMNS)
     assert len(df) == 27 and df["attempt_id"].nunique() == 1
     assert set(df["process"]) == {0, 1, 2}
-    assert len(st.samples_df(rid, all_attempts=True)) == 27 + 9
-    attempts = st.attempts_df(rid)
+    assert len(results.samples_df(st, rid, all_attempts=True)) == 27 + 9
+    attempts = results.attempts_df(st, rid)
     assert list(attempts["status"]) == ["failed", "ok"]
     assert attempts.iloc[1]["n_samples"] == 27 and attempts.iloc[1]["peak_rss_bytes"] == 312_000_000
 
@@ -180,7 +208,7 @@ def test_summary_df_statistics(st):
     st.record_attempt(rid, "pi4-a", make_identity(), "original", "ok", None, record)
     st.import_mos([{"variant": "original", "mos": 4.0, "n_listeners": 12, "source": "t"},
                    {"variant": "original", "mos": 4.2, "n_listeners": 20, "source": "t2"}])
-    summary = st.summary_df(rid)
+    summary = results.summary_df(st, rid)
     assert list(summary["length_class"]) == ["short", "medium", "long"]
     short = summary.iloc[0]
     totals = [s["total_s"] for p in record["processes"] for s in p["samples"] if s["length_class"] == "short"]
@@ -205,7 +233,7 @@ def test_identities_are_never_pooled(st):
     st.save_verdict(rid, {"outcome": "no_baseline", "exit_code": 0})
     assert st.baseline_run_id(rid2, "bbbbbbbbbbbb") is None
     assert st.baseline_run_id(rid2, "aaaaaaaaaaaa") == rid
-    hist = st.history_df(device="pi4-a")
+    hist = results.history_df(st, device="pi4-a")
     assert set(hist["device_identity"]) == {"aaaaaaaaaaaa", "bbbbbbbbbbbb"}
     assert [i["fingerprint"] for i in st.identities_of("pi4-a")] == ["aaaaaaaaaaaa", "bbbbbbbbbbbb"]
 
@@ -260,15 +288,15 @@ def test_artifact_is_replaced_on_resume(st):
 
 def test_empty_run_gives_empty_frames_with_columns(st):
     rid = new_run(st)
-    assert st.samples_df(rid).empty and "total_s" in st.samples_df(rid).columns
-    assert st.summary_df(rid).empty and "p90" in st.summary_df(rid).columns
+    assert results.samples_df(st, rid).empty and "total_s" in results.samples_df(st, rid).columns
+    assert results.summary_df(st, rid).empty and "p90" in results.summary_df(st, rid).columns
     assert st.facts(rid).empty
 
 
 def test_json_records_turns_nan_into_none():
     import pandas as pd
 
-    rows = store_mod.json_records(pd.DataFrame({"a": [1.0, math.nan], "b": [np.int64(3), np.int64(4)]}))
+    rows = results.json_records(pd.DataFrame({"a": [1.0, math.nan], "b": [np.int64(3), np.int64(4)]}))
     assert rows == [{"a": 1.0, "b": 3}, {"a": None, "b": 4}]
 
 
@@ -291,8 +319,8 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_sigkill_mid_run_loses_nothing_committed(tmp_path):
-    path = tmp_path / "results.sqlite"
+def test_sigkill_mid_run_loses_nothing_committed(store_location):
+    path = store_location
     script = CHILD.format(tests=str(TESTS_DIR), path=str(path))
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
@@ -306,52 +334,57 @@ def test_sigkill_mid_run_loses_nothing_committed(tmp_path):
             proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     with Store(path) as st:
-        assert st._query("PRAGMA integrity_check")[0][0] == "ok"
-        attempts = st.attempts_df("run-1")
+        if backend(path).__name__.endswith("sqlite"):
+            assert st._query("PRAGMA integrity_check")[0][0] == "ok"
+        attempts = results.attempts_df(st, "run-1")
         assert list(attempts["variant"]) == ["original"]
-        assert len(st.samples_df("run-1")) == 27
+        assert len(results.samples_df(st, "run-1")) == 27
         assert st.missing_pairs("run-1") == [("pi4-a", "pruned")]
         assert st.run("run-1")["status"] == "running"
 
 
-def test_a_version_1_file_migrates_to_the_current_schema_and_keeps_every_row(tmp_path):
-    """Schema 2 rebuilds the attempts table (a new status in its CHECK constraint), schema 3 adds the
-    streaming columns: no attempt, sample or fact of a version 1 file may be lost, the foreign keys must
-    still hold, and its whole-utterance samples give their first audio when they end."""
-    path = tmp_path / "v1.sqlite"
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    conn.execute("INSERT INTO schema_version VALUES (1)")
-    for statement in store_mod._SCHEMA_1.split(";"):
-        if statement.strip():
-            conn.execute(statement)
-    conn.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                 ("r1", "h", "{}", "0", "{}", "tiny", json.dumps(["original"]), json.dumps(["local"]),
-                  "2026-01-01T00:00:00", None, "complete"))
-    header = json.dumps({"processes": []})
-    conn.execute("INSERT INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                 (7, "r1", "local", "fp", "{}", "original", "ok", None, "t", "t", header))
-    conn.execute("INSERT INTO samples VALUES (7, 0, 0, 'short-01', 'short', 'happy', 10, 30, 0.3, 0.01,"
-                 " 0.1, 0.1, 0.21)")
-    conn.execute("INSERT INTO facts (attempt_id, process, phase, facts_json)"
-                 " VALUES (7, NULL, 'before', '{}')")
-    conn.commit()
-    conn.close()
+def test_a_version_1_store_migrates_to_the_current_schema_and_keeps_every_row(store_location, monkeypatch):
+    """Schema 2 gives attempts a new status in its CHECK constraint (SQLite rebuilds the table), schema 3
+    adds the streaming columns, schema 4 the busy status: no attempt, sample or fact of a version 1 store
+    may be lost, the foreign keys must still hold, and its whole-utterance samples give their first audio
+    when they end. The version 1 store is made by the backend's own first migration."""
+    path = store_location
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 1)
+    with Store(path) as s, s._tx() as tx:
+        tx.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                   ("r1", "h", "{}", "0", "{}", "tiny", json.dumps(["original"]), json.dumps(["local"]),
+                    "2026-01-01T00:00:00", None, "complete"))
+        header = json.dumps({"processes": []})
+        tx.execute("INSERT INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                   (7, "r1", "local", "fp", "{}", "original", "ok", None, "t", "t", header))
+        tx.execute("INSERT INTO samples VALUES (7, 0, 0, 'short-01', 'short', 'happy', 10, 30, 0.3, 0.01,"
+                   " 0.1, 0.1, 0.21)")
+        tx.execute("INSERT INTO facts (attempt_id, process, phase, facts_json)"
+                   " VALUES (7, NULL, 'before', '{}')")
+    with Store(path) as s, pytest.raises(integrity_errors()), s._tx() as tx:  # version 1: no partial attempt
+        tx.execute("INSERT INTO attempts (run_id, device, identity_json, variant, status, started_at,"
+                   " ended_at) VALUES ('r1', 'x', '{}', 'v', 'partial', 't', 't')")
+    monkeypatch.undo()
     with Store(path) as s:
         assert s.schema_version() == SCHEMA_VERSION
-        assert s.attempts_df("r1")["attempt_id"].tolist() == [7]
-        df = s.samples_df("r1")
+        assert results.attempts_df(s, "r1")["attempt_id"].tolist() == [7]
+        df = results.samples_df(s, "r1")
         assert len(df) == 1 and df["cpu_s"].isna().all() and df["total_s"].tolist() == [0.21]
         assert df["ttfa_s"].isna().all() and df["chunks"].isna().all()
-        summary = s.summary_df("r1")
+        summary = results.summary_df(s, "r1")
         assert summary["ttfa_p90"].tolist() == [0.21] and summary["stream_chunk_frames"].isna().all()
         assert len(s.facts("r1")) == 1
-        assert s._query("PRAGMA foreign_key_check") == []
-        rid = new_run(s)  # the new CHECK constraint accepts a partial attempt
+        if backend(path).__name__.endswith("sqlite"):
+            assert s._query("PRAGMA foreign_key_check") == []
+        rid = new_run(s)  # the new CHECK constraint accepts a partial attempt, and a busy one
         record = make_record()
         ident = make_identity("pi4-a")
         _, status = s.add_processes(rid, "pi4-a", ident, "original", record, planned=9)
         assert status == "partial"
+        s.record_attempt(rid, "pi4-a", ident, "pruned", "busy", "held by ci/other", None)
+        assert results.attempts_df(s, rid)["status"].tolist() == ["partial", "busy"]
+        # the ids go on after the migrated ones
+        assert s.record_attempt(rid, "pi4-b", ident, "pruned", "unreachable", "refused", None) > 7
 
 
 def test_processes_added_round_by_round_complete_a_pair(st):
@@ -364,7 +397,7 @@ def test_processes_added_round_by_round_complete_a_pair(st):
     assert st.missing_pairs(rid) == []
     header = st.effective_attempts(rid)[("pi4-a", "original")]["header"]
     assert [p["index"] for p in header["processes"]] == [0, 1, 2]
-    assert sorted(set(st.samples_df(rid)["process"])) == [0, 1, 2]
+    assert sorted(set(results.samples_df(st, rid)["process"])) == [0, 1, 2]
 
 
 def test_a_disturbed_process_does_not_count_until_the_budget_is_spent(st):
@@ -379,21 +412,22 @@ def test_a_disturbed_process_does_not_count_until_the_budget_is_spent(st):
     assert st.add_processes(rid, "pi4-a", ident, "original", disturbed, planned=2)[1] == "partial"
     assert st.partial_progress(rid) == {("pi4-a", "original"): 1}
     assert st.add_processes(rid, "pi4-a", ident, "original", clean, planned=2)[1] == "ok"
-    row = st.summary_df(rid).iloc[0]
-    assert not row["disturbed"] and set(st.samples_df(rid)["process"]) == {0, 2}  # the disturbed one left out
+    row = results.summary_df(st, rid).iloc[0]
+    # the disturbed one left out
+    assert not row["disturbed"] and set(results.samples_df(st, rid)["process"]) == {0, 2}
     # a pair that stays disturbed once the re-measurement budget is spent is ok, and says so
     rid2 = new_run(st, variants=("original",), devices=("pi4-a",))
     st.add_processes(rid2, "pi4-a", ident, "original", disturbed, planned=1)
     _, status = st.add_processes(rid2, "pi4-a", ident, "original", disturbed, planned=1, final=True)
     assert status == "ok"
-    row = st.summary_df(rid2).iloc[0]
+    row = results.summary_df(st, rid2).iloc[0]
     assert row["disturbed"] and "0.9 of its CPU" in row["disturbed_reason"]
 
 
 def test_error_texts_are_bounded(st):
     rid = new_run(st)
     st.record_attempt(rid, "pi4-a", make_identity("pi4-a"), "original", "failed", "x" * 1_000_000, None)
-    error = st.attempts_df(rid)["error"].iloc[0]
+    error = results.attempts_df(st, rid)["error"].iloc[0]
     assert len(error) < 5000 and error.endswith("characters cut]")
 
 

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from harness import results
 from harness import vocabulary as vocab
 from harness.budgets import default_budgets
 from harness.cli import main
@@ -67,12 +68,12 @@ def test_metrics_read_from_the_columns_the_store_writes(tmp_path):
         st.import_mos([{"variant": "original", "mos": 4.0}])
         record = make_record(samples_per_class=30, stream_chunk_frames=40)
         st.record_attempt(rid, "pi4-a", make_identity(), "original", "ok", None, record)
-        summary = st.summary_df(rid)
+        summary = results.summary_df(st, rid)
         whole_id = st.start_run({}, {}, "test", "tiny", ["original"], ["pi4-a"])
         st.record_artifact(whole_id, "original", "/a", make_manifest("original"))
         st.record_attempt(whole_id, "pi4-a", make_identity(), "original", "ok", None,
                           make_record(samples_per_class=30))
-        whole = st.summary_df(whole_id).to_dict("records")
+        whole = results.summary_df(st, whole_id).to_dict("records")
     rows = summary.to_dict("records")
     for m in vocab.METRICS.values():
         assert set(m.columns) <= set(summary.columns), m.key

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from harness.commands import common
+
 NAME = "compare"
 HELP = "Compare a run with a baseline run: medians, ratio with CI, p-value and verdict per class."
 
@@ -20,13 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN", help="the run to compare")
     parser.add_argument("baseline", metavar="BASELINE", nargs="?",
                         help="the baseline run (default: each device identity's last passing run)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--budgets", metavar="FILE", type=Path,
-                        help="budgets.toml whose [regression] settings apply (default: the run's)")
-    parser.add_argument("--store", metavar="PATH", type=Path,
-                        help="results store (default: .edgebench/results.sqlite)")
-    parser.add_argument("--config", metavar="FILE", type=Path,
-                        help="edgebench.toml (default: ./edgebench.toml if present)")
+    common.add_json(parser, "print JSON instead of a table")
+    common.add_budgets(parser, "budgets.toml whose [regression] settings apply (default: the run's)")
+    common.add_store_and_config(parser)
 
 
 def compare(

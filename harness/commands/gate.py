@@ -20,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+from harness.commands import common
 from harness.errors import UserError
 
 NAME = "gate"
@@ -28,21 +29,15 @@ HELP = ("Check a run against its budgets and its baseline; exit 0 pass, 1 failed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", metavar="RUN_ID", help="the run to judge (default: the latest run)")
+    common.add_run(parser, "judge")
     parser.add_argument("--baseline", metavar="RUN_ID",
                         help="compare with this run (default: each device identity's last passing run)")
-    parser.add_argument("--budgets", metavar="FILE", type=Path, help="budgets.toml to apply")
+    common.add_budgets(parser, "budgets.toml to apply")
     parser.add_argument("--junit", metavar="FILE", type=Path, help="also write JUnit XML here")
-    parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
-    parser.add_argument("--allow-unmeasured", action="store_true",
-                        help="pairs that were not measured (unreachable, ineligible, ...) are warnings, not "
-                             "exit 2; the measured ones decide (a run with nothing measured is still 2)")
-    parser.add_argument("--store", metavar="PATH", type=Path,
-                        help="results store (default: .edgebench/results.sqlite)")
-    parser.add_argument("--config", metavar="FILE", type=Path,
-                        help="edgebench.toml (default: ./edgebench.toml if present)")
-    parser.add_argument("--inventory", metavar="FILE", type=Path,
-                        help="devices.toml naming budget classes for runs stored without them")
+    common.add_json(parser, "print the verdict as JSON")
+    common.add_allow_unmeasured(parser, common.ALLOW_UNMEASURED_HELP)
+    common.add_store_and_config(parser)
+    common.add_inventory(parser, "devices.toml naming budget classes for runs stored without them")
 
 
 def gate(
@@ -78,7 +73,7 @@ def gate(
     with open_existing_store(store, config) as st:
         run_id = run or st.latest_run_id()
         if run_id is None:
-            raise UserError(f"{st.path}: the store holds no runs yet; run `edgebench run` first")
+            raise UserError(f"{st.location}: the store holds no runs yet; run `edgebench run` first")
         stored = st.run(run_id)
         budget_set = None
         if budgets_path is not None:

@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from harness.commands import common
+
 NAME = "history"
 HELP = "List recent runs with their verdicts and per device/variant latencies."
 HISTORY_COLUMNS = ("run_id", "started_at", "outcome", "device", "device_identity", "variant", "length_class",
@@ -18,11 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", metavar="D", help="only this device")
     parser.add_argument("--variant", metavar="V", help="only this variant")
     parser.add_argument("--limit", metavar="N", type=int, default=20, help="latest N runs (default 20)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    parser.add_argument("--store", metavar="PATH", type=Path,
-                        help="results store (default: .edgebench/results.sqlite)")
-    parser.add_argument("--config", metavar="FILE", type=Path,
-                        help="edgebench.toml (default: ./edgebench.toml if present)")
+    common.add_json(parser)
+    common.add_store_and_config(parser)
 
 
 def history(
@@ -36,13 +35,13 @@ def history(
     """{"runs": [...], "rows": [...]} as plain JSON-able dicts, newest run first."""
     from harness.config import open_existing_store
     from harness.errors import UserError
-    from harness.store import json_records
+    from harness.results import history_df, json_records
 
     if limit < 1:
         raise UserError("--limit must be at least 1")
     with open_existing_store(store, config) as st:
         runs = st.runs_df(limit=limit)
-        rows = st.history_df(device=device, variant=variant, limit=limit)
+        rows = history_df(st, device=device, variant=variant, limit=limit)
     rows = rows[[c for c in HISTORY_COLUMNS if c in rows.columns]]
     return {"runs": json_records(runs), "rows": json_records(rows)}
 

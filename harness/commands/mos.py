@@ -20,6 +20,7 @@ import math
 import sys
 from pathlib import Path
 
+from harness.commands import common
 from harness.errors import ConfigError
 
 NAME = "mos"
@@ -35,12 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     imp.add_argument("file", metavar="FILE.csv", type=Path)
     imp.add_argument("--source", help="where the scores come from (default: the file name)")
     lst = sub.add_parser("list", help="list imported scores")
-    lst.add_argument("--json", action="store_true", help="print JSON")
+    common.add_json(lst, "print JSON")
     for p in (imp, lst):
-        p.add_argument("--store", metavar="PATH", type=Path,
-                       help="results store (default: .edgebench/results.sqlite)")
-        p.add_argument("--config", metavar="FILE", type=Path,
-                       help="edgebench.toml (default: ./edgebench.toml if present)")
+        common.add_store_and_config(p)
 
 
 def parse_mos_csv(path: Path, source: str | None = None) -> list[dict]:
@@ -103,15 +101,12 @@ def parse_mos_csv(path: Path, source: str | None = None) -> list[dict]:
 def import_mos(*, file: Path, source: str | None = None, store: Path | None = None,
                config: Path | None = None) -> int:
     """Validate every row first, then import them all in one transaction; returns the number imported."""
-    from harness.config import resolve_store_path
+    from harness.config import open_store, resolve_store_path
     from harness.errors import ConfigError
-    from harness.store import Store
     from variants.recipes import BUILTIN_VARIANTS
 
     rows = parse_mos_csv(file, source)
-    from harness import paths
-
-    with Store(paths.private_file(resolve_store_path(store, config))) as st:
+    with open_store(resolve_store_path(store, config), create=True) as st:
         # A misspelt variant would be imported and never used: the real one's MOS budget would be
         # silently skipped. Known: the built-in variants and every variant a stored run measured.
         known = set(BUILTIN_VARIANTS)
@@ -126,7 +121,7 @@ def import_mos(*, file: Path, source: str | None = None, store: Path | None = No
 
 def list_mos(*, store: Path | None = None, config: Path | None = None) -> list[dict]:
     from harness.config import open_existing_store
-    from harness.store import json_records
+    from harness.results import json_records
 
     with open_existing_store(store, config) as st:
         return json_records(st.mos_df())

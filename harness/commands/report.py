@@ -15,7 +15,7 @@ import sys
 import webbrowser
 from pathlib import Path
 
-from harness import paths
+from harness.commands import common
 from harness.errors import UserError
 
 NAME = "report"
@@ -24,7 +24,7 @@ DEFAULT_OUT_ROOT = Path("edgebench-out")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", metavar="RUN_ID", help="the run to report (default: the latest run)")
+    common.add_run(parser, "report")
     parser.add_argument(
         "--out", metavar="DIR", type=Path, help="output folder (default: edgebench-out/<run id>/)"
     )
@@ -37,45 +37,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--baseline", metavar="RUN_ID", help="with --gate: compare with this run, not the last passing one"
     )
-    parser.add_argument(
-        "--allow-unmeasured", action="store_true", help="with --gate: unmeasured pairs are warnings"
-    )
-    parser.add_argument(
-        "--store", metavar="PATH", type=Path, help="results store (default: .edgebench/results.sqlite)"
-    )
+    common.add_allow_unmeasured(parser, "with --gate: unmeasured pairs are warnings")
+    common.add_store_and_config(parser)
 
 
 def report(
     run: str | None = None,
     out: Path | None = None,
-    store: Path | None = None,
+    store: Path | str | None = None,
     open_browser: bool = False,
     gate: bool = False,
     baseline: str | None = None,
     allow_unmeasured: bool = False,
+    config: Path | None = None,
 ) -> Path:
     """Render the report of ``run`` (latest when None) with its stored verdict; returns the path of
     ``report.html``. ``gate``: judge the run first and store the verdict (``baseline``,
     ``allow_unmeasured`` as for ``edgebench gate``)."""
-    from harness.store import Store
+    from harness.config import open_store, resolve_store_path
     from reports.render import render_run
 
     if not gate and (baseline is not None or allow_unmeasured):
         flag = "--baseline" if baseline is not None else "--allow-unmeasured"
         raise UserError(f"{flag} judges the run: add --gate (the report shows the run's stored verdict)")
-    store_path = Path(store) if store is not None else paths.results_db_path()
-    if not store_path.is_file():
-        raise UserError(f"{store_path}: no results store here; run `edgebench run` first or pass --store")
-    with Store(store_path) as st:
+    store_path = resolve_store_path(store, config)
+    with open_store(store_path, create=False) as st:
         run_id = run or st.latest_run_id()
         if run_id is None:
-            raise UserError(f"{store_path}: the store holds no runs yet; run `edgebench run` first")
+            raise UserError(f"{st.location}: the store holds no runs yet; run `edgebench run` first")
         st.run(run_id)  # an unknown run id is one line, before anything is judged
     if gate:
         from harness.commands.gate import gate as run_gate
 
         run_gate(run=run_id, baseline=baseline, store=store_path, allow_unmeasured=allow_unmeasured)
-    with Store(store_path) as st:
+    with open_store(store_path, create=False) as st:
         if st.verdict(run_id) is None:
             print(f"edgebench: warning: run {run_id} has no stored verdict; the report says so "
                   "(`edgebench gate` or `edgebench report --gate` judges it)", file=sys.stderr)
@@ -88,7 +83,7 @@ def report(
 def from_args(args: argparse.Namespace) -> int:
     path = report(
         run=args.run, out=args.out, store=args.store, open_browser=args.open, gate=args.gate,
-        baseline=args.baseline, allow_unmeasured=args.allow_unmeasured,
+        baseline=args.baseline, allow_unmeasured=args.allow_unmeasured, config=args.config,
     )
     print(path)
     return 0

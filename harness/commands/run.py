@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from harness import __version__, paths
+from harness.commands import common
 
 NAME = "run"
 HELP = "Build the variants, measure them on the devices, store every sample, gate and write the report."
@@ -25,7 +26,7 @@ def _csv(text: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="edgebench.toml (default: ./edgebench.toml if present)")
+    common.add_config(parser)
     parser.add_argument("--preset", help="reference model preset: tiny, base or large (default: base)")
     parser.add_argument("--model-dir", type=Path, help="a ModelScope model directory (instead of a preset)")
     parser.add_argument("--voice", help="the model directory's voice (default: the first in voices.json)")
@@ -36,10 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--devices", type=_csv, help="comma-separated device names or tag:T (default: local)")
     parser.add_argument("--out", type=Path, help="report directory (default: edgebench-out/RUN_ID)")
     parser.add_argument("--resume", metavar="RUN_ID", help="finish a run: measure only the missing pairs")
-    parser.add_argument("--json", action="store_true", help="print the run's outcome and verdict as JSON")
-    parser.add_argument("--store", type=Path, help="results database (default: .edgebench/results.sqlite)")
-    parser.add_argument("--inventory", type=Path, help="devices.toml (default: ./devices.toml if present)")
-    parser.add_argument("--budgets", type=Path, help="budgets.toml (default: the source article's targets)")
+    common.add_json(parser, "print the run's outcome and verdict as JSON")
+    common.add_store(parser)
+    common.add_inventory(parser)
+    common.add_budgets(parser)
     parser.add_argument("--processes", type=int, help="fresh processes per variant (default 3)")
     parser.add_argument("--min-seconds", type=float, help="minimum steady-state seconds per process")
     parser.add_argument("--min-iters", type=int, help="minimum steady-state iterations per process")
@@ -48,9 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="measure streaming synthesis in chunks of FRAMES mel frames (80 = 1 s of "
                              "audio), with time to first audio (default: whole-utterance synthesis)")
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
-    parser.add_argument("--allow-unmeasured", action="store_true",
-                        help="pairs that could not be measured (ineligible, unreachable, ...) are warnings, "
-                             "not exit 2 (a run with nothing measured is still 2)")
+    common.add_allow_unmeasured(parser, common.ALLOW_UNMEASURED_HELP)
 
 
 def from_args(args: argparse.Namespace) -> int:
@@ -102,7 +101,7 @@ def run(
     out: Path | None = None,
     resume: str | None = None,
     json_output: bool = False,
-    store_path: Path | None = None,
+    store_path: str | Path | None = None,
     inventory_path: Path | None = None,
     budgets_path: Path | None = None,
     processes: int | None = None,
@@ -121,10 +120,10 @@ def run(
     from harness import gate as gate_mod
     from harness import orchestrate
     from harness.budgets import load_budgets
-    from harness.config import check_output_dir, load_config
+    from harness.config import check_output_dir, load_config, open_store
     from harness.errors import UserError
     from harness.progress import Progress
-    from harness.store import Store
+    from harness.store import is_url
     from variants.build import build_variants
     from variants.recipes import BUILTIN_VARIANTS
     from variants.runtimes import measured_names
@@ -132,10 +131,10 @@ def run(
     cfg = load_config(config_path)
     if resume:
         state = paths.state_dir(create=False)
-        db = Path(store_path or cfg.store or paths.results_db_path(state))
-        if not db.is_file():  # nothing to resume: say so without creating a store
-            raise UserError(f"--resume {resume}: no results store at {db} (pass --store)")
-        store = Store(db)
+        location = store_path or cfg.store or paths.results_db_path(state)
+        if not is_url(location) and not Path(location).is_file():  # nothing to resume: say so, create none
+            raise UserError(f"--resume {resume}: no results store at {location} (pass --store)")
+        store = open_store(location, create=False)
         # A resumed run finishes what its stored configuration asked for, whatever the flags say.
         orchestrate.check_resumable(store, resume)
         cfg = load_config(None, data=store.run(resume)["config"], source=f"run {resume}")
@@ -194,7 +193,7 @@ def run(
 
     if not resume:
         state = paths.state_dir()
-        store = Store(paths.private_file(store_path or cfg.store or paths.results_db_path(state)))
+        store = open_store(store_path or cfg.store or paths.results_db_path(state), create=True)
     progress = Progress(enabled=not json_output)
     with progress:
         built = build_variants(
