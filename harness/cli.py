@@ -20,7 +20,7 @@ from harness.errors import UserError
 from variants.errors import VariantsError
 
 # Order is the order of `edgebench --help`.
-COMMANDS = ("run", "build", "devices", "gate", "compare", "history", "report", "mos")
+COMMANDS = ("run", "build", "devices", "gate", "compare", "history", "report", "mos", "export")
 EXPECTED_ERRORS = (UserError, VariantsError, DevicesError)
 
 
