@@ -48,6 +48,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from devices.errors import DevicesError
 from devices.ondevice.protocol import Protocol
@@ -339,6 +340,8 @@ def _store_url(source: str, url: str) -> str:
         backend_for(url)
     except StoreError as exc:
         raise ConfigError(source, "store", str(exc)) from None
+    if urlsplit(url).password is not None:   # it would be stored with every run's configuration
+        raise ConfigError(source, "store", "a password in the store URL; put it in ~/.pgpass or PGPASSWORD")
     return url
 
 
@@ -366,6 +369,9 @@ def open_store(location: Path | str, *, create: bool):
     from harness.store import Store, is_url
 
     if is_url(location):
+        if urlsplit(str(location)).password is not None:
+            raise UserError("--store: a password in the store URL; put it in ~/.pgpass or PGPASSWORD (a "
+                            "password in a URL shows in the process list and would be stored with the run)")
         return Store(str(location))
     path = Path(location)
     if create:

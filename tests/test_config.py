@@ -134,3 +134,18 @@ def test_store_path_resolution(tmp_path, monkeypatch):
     assert resolve_store_path(store="x.sqlite").name == "x.sqlite"
     write(tmp_path, 'store = "mine.sqlite"\n')
     assert resolve_store_path() == tmp_path / "mine.sqlite"
+
+
+def test_a_store_url_with_a_password_is_refused(tmp_path, monkeypatch):
+    from harness.config import open_store
+    from harness.errors import UserError
+
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, 'store = "postgresql://bench:s3cret@db.example/edgebench"\n')
+    with pytest.raises(ConfigError, match="store: a password in the store URL; put it in ~/.pgpass"):
+        load_config(path)
+    with pytest.raises(UserError, match="--store: a password in the store URL") as err:
+        open_store("postgresql://bench:s3cret@db.example/edgebench", create=False)
+    assert "s3cret" not in str(err.value)
+    write(tmp_path, 'store = "postgresql://bench@db.example/edgebench"\n')   # no password: fine
+    assert load_config(tmp_path / "edgebench.toml").store == "postgresql://bench@db.example/edgebench"
