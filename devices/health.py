@@ -11,6 +11,7 @@ failure never stops the others.
 from __future__ import annotations
 
 import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -295,13 +296,24 @@ def check(transport: Transport, device: Device, timeout: float = CHECK_TIMEOUT_S
 def check_device(device: Device, known_hosts: Path | None = None, state_dir: Path | None = None,
                  timeout: float = CHECK_TIMEOUT_S, runtimes: Sequence[str] = ("torch",)) -> Health:
     """Open a transport, check, close. Never raises for a device-side failure."""
+    from devices import labgrid
+
     start = time.monotonic()
     try:
-        transport = open_transport(device, known_hosts=known_hosts, state_dir=state_dir)
-    except DevicesError as exc:
-        return Health(False, str(exc), {}, device.name, (), time.monotonic() - start, reachable=False)
-    with transport:
-        return check(transport, device, timeout=timeout, runtimes=runtimes)
+        # a board of a labgrid farm is checked while held, and only if it is free now (no waiting)
+        with labgrid.borrowed(device, owner=f"edgebench-check-{os.getpid()}", wait_s=0) as board:
+            try:
+                transport = open_transport(board, known_hosts=known_hosts, state_dir=state_dir)
+            except DevicesError as exc:
+                return Health(False, str(exc), {}, device.name, (), time.monotonic() - start,
+                              reachable=False)
+            with transport:
+                return check(transport, board, timeout=timeout, runtimes=runtimes)
+    except labgrid.PlaceBusy as exc:
+        return Health(False, f"busy: {exc}", {}, device.name, (), time.monotonic() - start, reachable=False)
+    except labgrid.LabgridError as exc:
+        return Health(False, f"unreachable: {exc}", {}, device.name, (), time.monotonic() - start,
+                      reachable=False)
 
 
 def check_devices(devices: Sequence[Device], known_hosts: Path | None = None, state_dir: Path | None = None,

@@ -191,7 +191,11 @@ class _Session:
     async def __aenter__(self) -> _Session:
         lib = _lib()
         pb2 = lib["pb2"]
-        self.channel = lib["grpc"].aio.insecure_channel(self.address)
+        # Its own TCP connection: the coordinator knows a client by its peer address (one stream per
+        # peer), and gRPC would otherwise share one connection among the channels of a process (the
+        # device threads of a run each open sessions at the same time).
+        self.channel = lib["grpc"].aio.insecure_channel(
+            self.address, options=[("grpc.use_local_subchannel_pool", 1)])
         self.stub = lib["stub"](self.channel)
         self.stream = None
         try:
@@ -549,3 +553,109 @@ class Coordinator:
         if still == self.identity:
             raise LabgridError(f"place '{place}' is still held by {still} after release "
                                f"(labgrid coordinator {self.address})")
+
+
+# --------------------------------------------------------------------------------------------------
+# devices.toml's labgrid devices
+
+
+def expand_places(inventory, *, owner: str = "edgebench"):
+    """The inventory with its labgrid devices checked against their coordinators: a ``place_tags`` group
+    becomes one device per matching place (named after the place, tagged with the group's name, the group's
+    settings otherwise), and a ``place`` that the coordinator does not have is an InventoryError naming
+    the file and key. A coordinator that cannot be reached leaves its devices as they are: they are
+    recorded unreachable when measured, like any board that is down. Talks to no coordinator when the
+    inventory has no labgrid device."""
+    from dataclasses import replace
+
+    from devices.errors import InventoryError
+
+    farm = [d for d in inventory.devices.values() if d.is_labgrid]
+    if not farm:
+        return inventory
+    where = str(inventory.source) if inventory.source else "devices inventory"
+    listed: Dict[str, Optional[List[PlaceInfo]]] = {}
+    for device in farm:
+        if device.coordinator not in listed:
+            lab = Coordinator(device.coordinator, owner=owner, timeout_s=device.coordinator_timeout_s)
+            try:
+                listed[device.coordinator] = lab.places()
+            except LabgridError as exc:
+                _log.warning("%s", exc)
+                listed[device.coordinator] = None
+    devices: Dict[str, Any] = {}
+    for name, device in inventory.devices.items():
+        places = listed.get(device.coordinator) if device.is_labgrid else None
+        if places is None:
+            devices[name] = device
+            continue
+        if device.place is not None:
+            if device.place not in {p.name for p in places}:
+                raise InventoryError(
+                    f"{where}: devices.{name}.place: labgrid coordinator {device.coordinator} has no place "
+                    f"{device.place!r} (it has: {', '.join(p.name for p in places) or 'none'})")
+            devices[name] = device
+            continue
+        wanted = dict(device.place_tags)
+        hits = [p for p in places if all(p.tags.get(k) == v for k, v in wanted.items())]
+        if not hits:
+            shown = ", ".join(f"{k}={v}" for k, v in device.place_tags)
+            raise InventoryError(f"{where}: devices.{name}.place_tags: no place at labgrid coordinator "
+                                 f"{device.coordinator} has the tags {shown}")
+        for place in hits:
+            other = inventory.devices.get(place.name) or devices.get(place.name)
+            if other is not None and other.place != place.name:
+                raise InventoryError(f"{where}: devices.{name}.place_tags: place {place.name!r} has the name "
+                                     f"of another device; rename that device")
+            if other is None:
+                devices[place.name] = replace(device, name=place.name, place=place.name, place_tags=(),
+                                              tags=tuple(dict.fromkeys((*device.tags, name))))
+    return replace(inventory, devices=devices)
+
+
+@contextmanager
+def borrowed(device, *, owner: str, wait_s: Optional[float] = None) -> Iterator[Any]:
+    """Hold a labgrid device's place while the body runs, and yield the device with the host, port and
+    user of the place's NetworkService; any other device is yielded as it is. PlaceBusy after the
+    device's ``place_wait_s`` (or ``wait_s``); LabgridError when the coordinator cannot be reached or
+    the place is unusable."""
+    from dataclasses import replace
+
+    if not device.is_labgrid:
+        yield device
+        return
+    lab = Coordinator(device.coordinator, owner=owner, timeout_s=device.coordinator_timeout_s)
+    if device.place is None:   # a group whose places could not be listed when the run started
+        lab.places()           # raises the coordinator's error, if it still has one
+        raise LabgridError(f"the places tagged {', '.join(f'{k}={v}' for k, v in device.place_tags)} were "
+                           f"not listed when the run started (labgrid coordinator {lab.address})")
+    with lab.hold(device.place, wait_s=device.place_wait_s if wait_s is None else wait_s) as service:
+        yield replace(device, host=service.address, port=service.port, user=service.username)
+
+
+def network_service(device) -> Any:
+    """A labgrid device with the address, port and user its place's NetworkService names now, read
+    without acquiring the place (``edgebench devices trust`` fetches the host key from there)."""
+    from dataclasses import replace
+
+    lab = Coordinator(device.coordinator, owner="edgebench", timeout_s=device.coordinator_timeout_s)
+    info = lab.select([device.place])[0]
+    if info.network is None:
+        raise LabgridError(f"place '{device.place}' needs exactly one {NETWORK_SERVICE} resource "
+                           f"(labgrid coordinator {lab.address})")
+    return replace(device, host=info.network.address, port=info.network.port, user=info.network.username)
+
+
+def release_stale(devices: Sequence[Any], *, owner: str) -> List[str]:
+    """Release what ``owner`` still holds at the coordinators of ``devices`` (a resumed run frees the
+    places its killed controller left held). A coordinator that cannot be reached is logged and skipped.
+    Returns "coordinator/place" of each place released."""
+    freed: List[str] = []
+    for address in dict.fromkeys(d.coordinator for d in devices if getattr(d, "is_labgrid", False)):
+        timeout = max(d.coordinator_timeout_s for d in devices if d.coordinator == address)
+        try:
+            lab = Coordinator(address, owner=owner, timeout_s=timeout)
+            freed += [f"{lab.address}/{name}" for name in lab.release_stale()]
+        except LabgridError as exc:
+            _log.warning("%s", exc)
+    return freed

@@ -173,3 +173,73 @@ def test_devices_add_refuses_a_missing_key_file(tmp_path, monkeypatch, capsys):
     assert main(["devices", "add", "pi", "--host", "h", "--user", "pi", "--key-file", "missing"]) == 2
     assert "devices.pi.key_file: missing does not exist" in capsys.readouterr().err
     assert not (tmp_path / "devices.toml").exists()
+
+
+FARM = """
+[labgrid]
+coordinator = "lab.example"
+wait_s = 30
+
+[devices.pi5-1]
+place = "pi5-1"
+key_file = "{key}"
+budget_class = "pi5"
+
+[devices.arm]
+place_tags = { arch = "aarch64", rack = 2 }
+key_file = "{key}"
+tags = ["nightly"]
+"""
+
+
+def test_labgrid_devices_name_a_place_or_place_tags(tmp_path):
+    inv = load_inventory(write(tmp_path, FARM))
+    pi = inv.get("pi5-1")
+    assert pi.is_labgrid and not pi.is_local and pi.host is None
+    assert (pi.place, pi.coordinator, pi.place_wait_s) == ("pi5-1", "lab.example", 30.0)
+    assert pi.budget_class == "pi5"
+    assert pi.address == "labgrid place pi5-1 at lab.example"
+    group = inv.get("arm")
+    assert group.place is None and group.place_tags == (("arch", "aarch64"), ("rack", "2"))
+    assert group.to_dict()["place_tags"] == {"arch": "aarch64", "rack": "2"}
+    assert group.address == "labgrid places tagged arch=aarch64,rack=2 at lab.example"
+    # the local device is still the only local one
+    assert [d.name for d in inv.devices.values() if d.is_local] == [LOCAL]
+
+
+def test_a_group_is_selected_by_its_name_once_expanded(tmp_path):
+    from dataclasses import replace
+
+    inv = load_inventory(write(tmp_path, FARM))
+    group = inv.get("arm")
+    expanded = dict(inv.devices)
+    del expanded["arm"]
+    for name in ("rpi-a", "rpi-b"):
+        expanded[name] = replace(group, name=name, place=name, place_tags=(), tags=("nightly", "arm"))
+    inv = replace(inv, devices=expanded)
+    assert [d.name for d in inv.select(["arm"])] == ["rpi-a", "rpi-b"]
+    assert [d.name for d in inv.select(["tag:arm", "pi5-1"])] == ["rpi-a", "rpi-b", "pi5-1"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[devices.a]\nplace = "p"\nkey_file = "{key}"\n', "devices.a.place: needs a [labgrid] table"),
+    ('[labgrid]\ncoordinator = "c"\n[devices.a]\nplace = "p"\nhost = "h"\nkey_file = "{key}"\n',
+     "devices.a.host: unknown key (a labgrid place's NetworkService gives its address, port and user)"),
+    ('[labgrid]\ncoordinator = "c"\n[devices.a]\nplace = "p"\nplace_tags = {x = "1"}\nkey_file = "{key}"\n',
+     "devices.a.place_tags: give either place"),
+    ('[labgrid]\ncoordinator = "c"\n[devices.a]\nplace_tags = {}\nkey_file = "{key}"\n',
+     "devices.a.place_tags: expected a table of tag = value"),
+    ('[labgrid]\ncoordinator = "c"\n[devices.a]\nplace = "p"\n', "devices.a.key_file: missing"),
+    ('[labgrid]\nwait_s = 5\n', "labgrid.coordinator: missing"),
+    ('[labgrid]\ncoordinator = "c"\nwait_s = -1\n', "labgrid.wait_s: expected seconds in [0, 86400], got -1"),
+    ('[labgrid]\ncoordinator = "c"\ntimeout_s = 0\n', "labgrid.timeout_s: expected seconds in (0, 600]"),
+    ('[labgrid]\ncoordinator = "c"\nwait_s = "long"\n', "labgrid.wait_s: expected seconds"),
+    ('[labgrid]\ncoordinator = "c"\nowner = "me"\n', "labgrid.owner: unknown key"),
+    ('[labgrid]\ncoordinator = "a b"\n', "labgrid.coordinator: expected host:port"),
+    ('[farm]\nx = 1\n', "farm: unknown key"),
+])
+def test_bad_labgrid_settings_name_file_and_key(tmp_path, text, message):
+    with pytest.raises(InventoryError) as err:
+        load_inventory(write(tmp_path, text))
+    assert message in str(err.value)
+    assert str(tmp_path / "devices.toml") in str(err.value)

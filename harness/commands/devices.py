@@ -18,7 +18,7 @@ import tomli_w
 from devices import health as health_mod
 from devices import hostkeys
 from devices.errors import InventoryError
-from devices.inventory import Device, Inventory, load_inventory, parse_device, tomllib
+from devices.inventory import Device, Inventory, load_inventory, parse_device, parse_labgrid, tomllib
 from harness import paths
 
 NAME = "devices"
@@ -36,9 +36,16 @@ def _load(path: str | Path | None) -> Inventory:
     return load_inventory(paths.inventory_path(path))
 
 
-def list_devices(inventory: str | Path | None = None) -> list:
-    """Every device, the built-in local one first."""
-    return list(_load(inventory).devices.values())
+def _load_farm(path: str | Path | None) -> Inventory:
+    """The inventory with its labgrid groups expanded to one device per place (asks the coordinator)."""
+    from devices import labgrid
+
+    return labgrid.expand_places(_load(path))
+
+
+def list_devices(inventory: str | Path | None = None, farm: bool = False) -> list:
+    """Every device, the built-in local one first; ``farm``: labgrid groups as their places."""
+    return list((_load_farm if farm else _load)(inventory).devices.values())
 
 
 def add_device(name: str, inventory: str | Path | None = None, replace: bool = False, **fields) -> Device:
@@ -54,7 +61,8 @@ def add_device(name: str, inventory: str | Path | None = None, replace: bool = F
     entry = {k: v for k, v in fields.items() if v is not None and v != [] and v != ()}
     if "tags" in entry:
         entry["tags"] = list(entry["tags"])
-    device = parse_device(name, entry, str(path))
+    labgrid = parse_labgrid(data["labgrid"], str(path)) if "labgrid" in data else None
+    device = parse_device(name, entry, str(path), labgrid)
     tables[name] = entry
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
@@ -72,7 +80,7 @@ def add_device(name: str, inventory: str | Path | None = None, replace: bool = F
 def check(selectors=("all",), inventory: str | Path | None = None, state_dir: Path | None = None,
           timeout: float = health_mod.CHECK_TIMEOUT_S) -> list:
     """Health of the selected devices (``all``, names or ``tag:T``), checked in parallel."""
-    inv = _load(inventory)
+    inv = _load_farm(inventory)
     selectors = list(selectors) or ["all"]
     devices = list(inv.devices.values()) if selectors == ["all"] else inv.select(selectors)
     state = state_dir or paths.state_dir()
@@ -86,7 +94,16 @@ def check(selectors=("all",), inventory: str | Path | None = None, state_dir: Pa
 def trust(name: str, inventory: str | Path | None = None, state_dir: Path | None = None,
           replace: bool = False) -> hostkeys.TrustResult:
     """Fetch NAME's SSH host key and record it in edgebench's known_hosts."""
-    device = _load(inventory).get(name)
+    inv = _load(inventory)
+    device = inv.devices.get(name) or _load_farm(inventory).get(name)   # a place of a group, by name
+    if device.is_labgrid:
+        from devices import labgrid
+
+        if device.place is None:
+            raise InventoryError(f"{name}: a group of labgrid places whose coordinator could not be asked "
+                                 "for them; trust each place's device by name (`edgebench devices list "
+                                 "--farm` lists them)")
+        device = labgrid.network_service(device)   # where the place's board is; not acquired
     state = state_dir or paths.state_dir()
     return hostkeys.trust(device, paths.known_hosts_path(state), replace=replace)
 
@@ -101,10 +118,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("list", help="show every device (the built-in local one too) with its tags")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--farm", action="store_true",
+                   help="ask the labgrid coordinator: each group of places (place_tags) as its places")
 
     p = sub.add_parser("add", help="add a validated device entry to devices.toml")
     p.add_argument("name")
     p.add_argument("--host")
+    p.add_argument("--place", help="a board of the labgrid farm ([labgrid] in devices.toml): its place's "
+                                   "name (instead of --host/--port/--user)")
     p.add_argument("--port", type=int)
     p.add_argument("--user")
     p.add_argument("--key-file", dest="key_file")
@@ -142,7 +163,7 @@ def _table(rows: list) -> str:
 def from_args(args: argparse.Namespace) -> int:
     action = args.devices_command
     if action == "list":
-        devices = list_devices(args.inventory)
+        devices = list_devices(args.inventory, farm=args.farm)
         if args.json:
             print(json.dumps([d.to_dict() for d in devices], indent=2))
             return 0
@@ -153,7 +174,7 @@ def from_args(args: argparse.Namespace) -> int:
         print(_table(rows))
         return 0
     if action == "add":
-        keys = ("host", "port", "user", "key_file", "python", "tags", "threads", "cpus", "work_dir",
+        keys = ("host", "place", "port", "user", "key_file", "python", "tags", "threads", "cpus", "work_dir",
                 "budget_class", "connect_timeout", "quantized_engine")
         fields = {k: getattr(args, k) for k in keys}
         device = add_device(args.name, inventory=args.inventory, replace=args.replace, **fields)
