@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 import traceback
 from typing import Sequence
@@ -48,6 +49,15 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(SystemExit):
+    """SIGTERM, raised in the main thread so that what a command holds is given back on the way out (a
+    labgrid place, a device's lock, the store's transaction), as for Ctrl-C. Exit status 143."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
@@ -62,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgebench: interrupted", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print("edgebench: terminated (SIGTERM)", file=sys.stderr)
+        return int(exc.code)
     except Exception:  # noqa: BLE001 - a bug: show it whole, never as exit 1 ("budget failed")
         traceback.print_exc()
         print("edgebench: internal error (a bug: please report the traceback above); nothing could be "
@@ -75,6 +88,7 @@ def entry() -> None:
         # rich sizes tables to 80 columns when output goes to a pipe, a log or CI; widen so cells are
         # not cut to "lo…" (an explicit COLUMNS still wins).
         os.environ.setdefault("COLUMNS", "200")
+    signal.signal(signal.SIGTERM, _on_sigterm)
     sys.exit(main())
 
 

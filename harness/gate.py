@@ -6,8 +6,8 @@ Outcomes (``harness.vocabulary.OUTCOMES``; ``Verdict.outcome`` is the most serio
 | outcome             | exit | meaning                                                                   |
 |---------------------|------|---------------------------------------------------------------------------|
 | "could_not_measure" | 2    | a planned (device, variant) has no ok attempt (unreachable, agent crash,   |
-|                     |      | timeout, ineligible, never attempted), a budgeted metric has no value, or  |
-|                     |      | nothing at all was measured                                                |
+|                     |      | timeout, ineligible, busy farm place, never attempted), a budgeted metric |
+|                     |      | has no value, or nothing at all was measured                               |
 | "disturbed"         | 2    | a latency/RTF/memory budget failed, or a regression was found, on a       |
 |                     |      | measurement that interference disturbed (this run's or the baseline's)    |
 | "budget_failed"     | 1    | a budget check failed                                                     |

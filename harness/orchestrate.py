@@ -33,12 +33,18 @@ from devices.ondevice.protocol import Protocol
 from devices.transport import open_transport
 from harness.errors import UserError
 from harness.store import Store
+from harness.store.base import now as store_now
 from variants.runtimes import split_measured
 
 log = logging.getLogger(__name__)
 
-# Attempt statuses as stored (the gate maps every status but "ok" to "could not measure").
-OK, FAILED, UNREACHABLE, TIMEOUT, INELIGIBLE = "ok", "failed", "unreachable", "timeout", "ineligible"
+# Attempt statuses as stored (the gate maps every status but "ok" to "could not measure"). BUSY: a board
+# of a labgrid farm that someone else held for the whole wait (the board is fine; it was not ours to use).
+OK, FAILED, UNREACHABLE, TIMEOUT, INELIGIBLE, BUSY = (
+    "ok", "failed", "unreachable", "timeout", "ineligible", "busy")
+#: How long an interrupted run waits for its devices' threads to stop (their transports are closed
+#: first, so this is reached only by a hung release) before it releases its labgrid places itself.
+STOP_GRACE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,7 @@ def measure_device(
     state_dir: Path,
     on_pair: Callable[[PairOutcome], None] | None = None,
     done: dict[str, int] | None = None,
+    stop: _Stop | None = None,
 ) -> list[PairOutcome]:
     """Measure ``variants`` on one device interleaved: in rounds of one fresh process per variant, the
     order shuffled per round; every process is stored the moment it finishes.
@@ -104,7 +111,11 @@ def measure_device(
     (``--resume`` completes such a pair). A process the agent flags disturbed does not count; it is
     measured again, at most ``protocol.processes`` extra times per pair, after which the pair is stored
     as measured-but-disturbed. One outcome per variant is reported when its pair is settled.
+
+    ``stop`` (set when the run is interrupted): no new process is started, the open transport is closed
+    by the interrupting thread, and what was cut short is not recorded (``--resume`` measures it).
     """
+    stop = stop or _Stop()
     outcomes: list[PairOutcome] = []
     identity: dict = _identity(device, None)
     done = dict(done or {})
@@ -122,15 +133,22 @@ def measure_device(
             store.record_attempt(run_id, device.name, identity, variant, status, error, None)
             settle(variant, status, error)
 
+    if stop.is_set():
+        return outcomes
     try:
         transport = open_transport(device, known_hosts=known_hosts, state_dir=state_dir)
     except DevicesError as exc:
+        if stop.is_set():
+            return outcomes
         status = classify_transport_error(exc) if isinstance(exc, TransportError) else INELIGIBLE
         record_all(status, f"{device.name}: {exc}", variants)
         return outcomes
+    stop.track(transport)
     try:
         runtimes = list(dict.fromkeys(split_measured(v)[1] for v in variants))
         health = device_health.check(transport, device, runtimes=runtimes)
+        if stop.is_set():
+            return outcomes
         if health.facts:
             identity = _identity(device, health.facts)
         if not health.ok:
@@ -158,6 +176,8 @@ def measure_device(
         round_index = 0
         while open_pairs:
             for variant in round_order(open_pairs, round_index, protocol.seed):
+                if stop.is_set():
+                    return outcomes
                 if time.monotonic() > deadline:
                     err = f"{device.name}: the run's overall timeout passed first"
                     store.record_attempt(run_id, device.name, identity, variant, TIMEOUT, err, None)
@@ -174,8 +194,10 @@ def measure_device(
                 status, error = _one_process(
                     store, run_id, device, transport, artifacts[variant], variant, one, bundle, identity,
                     planned, final=need[variant] > 0 and extra[variant] <= 0,
-                    check_outputs=tries[variant] == 1,
+                    check_outputs=tries[variant] == 1, stop=stop,
                 )
+                if status == STOPPED:
+                    return outcomes
                 if status in (OK, FAILED, TIMEOUT, UNREACHABLE, INELIGIBLE):
                     settle(variant, status, error)
                     open_pairs.remove(variant)
@@ -185,12 +207,68 @@ def measure_device(
                     need[variant] -= 1
             round_index += 1
     finally:
+        stop.untrack(transport)
         transport.close()
     return outcomes
 
 
-#: What ``_one_process`` says of a process that counted / that was disturbed (the pair stays partial).
-COUNTED_PROCESS, DISTURBED_PROCESS = "counted", "disturbed"
+#: What ``_one_process`` says of a process that counted / that was disturbed (the pair stays partial),
+#: and of one cut short by an interrupt (not recorded).
+COUNTED_PROCESS, DISTURBED_PROCESS, STOPPED = "counted", "disturbed", "stopped"
+
+
+class _Stop:
+    """The run's interrupt: an event the device threads check between processes, and the transports they
+    have open, which the interrupting thread closes so that a process in flight ends now."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._open: set = set()
+        self._idle = threading.Condition(self._lock)
+        self._active = 0
+
+    def enter(self) -> bool:
+        """A device thread begins; False if the run is stopped already (then it must not start)."""
+        with self._lock:
+            self._active += 1
+        return not self.is_set()
+
+    def leave(self) -> None:
+        with self._lock:
+            self._active -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> int:
+        """Wait until no device thread is active (at most ``timeout`` s); the number still active."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._active and time.monotonic() < deadline:
+                self._idle.wait(max(0.0, deadline - time.monotonic()))
+            return self._active
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def track(self, transport) -> None:
+        with self._lock:
+            self._open.add(transport)
+        if self.is_set():
+            transport.close()
+
+    def untrack(self, transport) -> None:
+        with self._lock:
+            self._open.discard(transport)
+
+    def set(self) -> None:
+        self._event.set()
+        with self._lock:
+            transports = list(self._open)
+        for transport in transports:
+            try:
+                transport.close()
+            except Exception:  # noqa: BLE001 - closing is best effort; the thread's own close follows
+                log.debug("closing a transport on interrupt", exc_info=True)
 
 
 def _one_process(
@@ -206,18 +284,32 @@ def _one_process(
     planned: int,
     final: bool,
     check_outputs: bool = False,
+    stop: _Stop | None = None,
 ) -> tuple[str, str | None]:
     """Measure and store one process of a pair. Returns the pair's settled status (ok, failed, ...) with
     its error, or COUNTED_PROCESS / DISTURBED_PROCESS while it stays partial. ``check_outputs``: the first
     process of a pair also checks the device's outputs against the controller's."""
+    began = store_now()
     try:
         rec = device_measure.measure_variant(transport, device, artifact, variant, protocol, bundle=bundle,
                                              check_outputs=check_outputs)
+        # When the controller had the board for this process (its own clock, UTC): on a shared farm,
+        # the evidence that no two controllers measured one board at once.
+        window = [began, store_now()]
+        for proc in rec.get("processes") or []:
+            proc["controller_window"] = window
+        if device.place is not None:
+            rec["labgrid"] = {"place": device.place, "coordinator": device.coordinator,
+                              "address": device.address}
     except TransportError as exc:
+        if stop is not None and stop.is_set():   # our own interrupt closed the connection
+            return STOPPED, None
         status, error = classify_transport_error(exc), f"{device.name}: {exc}"
     except RecordError as exc:
         status, error = FAILED, f"{device.name}: the device's record was rejected: {exc}"
     except DevicesError as exc:
+        if stop is not None and stop.is_set():
+            return STOPPED, None
         status, error = FAILED, f"{device.name}: {exc}"
     else:
         claimed = device_measure.identity_mismatch(identity, rec.get("facts_before") or {})
@@ -249,7 +341,18 @@ def measure_all(
     progress: dict[tuple[str, str], int] | None = None,
 ) -> list[PairOutcome]:
     """Measure every pair: devices in parallel, each device's variants interleaved. ``progress`` holds the
-    processes already stored of half-measured pairs (``Store.partial_progress``): they are completed."""
+    processes already stored of half-measured pairs (``Store.partial_progress``): they are completed.
+
+    A board of a labgrid farm is held (acquired under the owner ``edgebench-<run_id>``) only while its
+    pairs are measured, and released on every exit; a place someone else holds for the whole wait is
+    recorded ``busy``, a coordinator that cannot be reached ``unreachable``.
+
+    An interrupt of the calling thread (Ctrl-C, or SIGTERM turned into SystemExit by the CLI) stops every
+    device: no new process starts, open connections are closed, what was cut short is not recorded, every
+    place is released (by the device threads, and after ``STOP_GRACE_S`` by this thread for whatever is
+    still held under the run's owner), and the interrupt is raised again."""
+    from devices import labgrid
+
     progress = progress or {}
     by_device: dict[str, tuple[Device, list[str]]] = {}
     for device, variant in pairs:
@@ -257,8 +360,17 @@ def measure_all(
     deadline = time.monotonic() + run_timeout_s
     lock = threading.Lock()
     outcomes: list[PairOutcome] = []
+    stop = _Stop()
+    owner = labgrid_owner(run_id)
 
     def one(device: Device, variants: list[str]) -> None:
+        try:
+            if stop.enter():
+                measure_one(device, variants)
+        finally:
+            stop.leave()
+
+    def measure_one(device: Device, variants: list[str]) -> None:
         recorded: list[PairOutcome] = []  # every attempt measure_device stored, even if it then crashes
 
         def note(outcome: PairOutcome) -> None:
@@ -266,33 +378,66 @@ def measure_all(
             if on_pair is not None:
                 on_pair(outcome)
 
+        def record_rest(status: str, err: str, identity: dict) -> None:
+            settled = {o.variant for o in recorded}
+            for variant in variants:
+                if variant not in settled:
+                    store.record_attempt(run_id, device.name, identity, variant, status, err, None)
+                    note(PairOutcome(device.name, variant, status, err))
+
         try:
             done = {v: progress.get((device.name, v), 0) for v in variants}
-            measure_device(
-                store, run_id, device, artifacts, variants, protocol, known_hosts, deadline, bundle,
-                state_dir, note, done,
-            )
+            with labgrid.borrowed(device, owner=owner) as board:
+                measure_device(
+                    store, run_id, board, artifacts, variants, protocol, known_hosts, deadline, bundle,
+                    state_dir, note, done, stop,
+                )
+        except labgrid.PlaceBusy as exc:
+            record_rest(BUSY, f"{device.name}: {exc}", _identity(device, None))
+        except labgrid.LabgridError as exc:
+            if recorded and len(recorded) == len(variants):   # measured; only the release failed
+                log.warning("device %s: %s", device.name, exc)
+            elif not stop.is_set():
+                record_rest(UNREACHABLE, f"{device.name}: {exc}", _identity(device, None))
         except Exception as exc:  # noqa: BLE001 - a bug for one device must not stop the others
             # The pairs not yet recorded get the exception's text (visible in the store and the report);
             # the full traceback goes to the log.
             log.error("device %s: internal error\n%s", device.name, traceback.format_exc())
-            settled = {o.variant for o in recorded}
-            err = f"{device.name}: internal error: {type(exc).__name__}: {exc}"
-            for variant in variants:
-                if variant not in settled:
-                    store.record_attempt(run_id, device.name, _identity(device, None), variant, FAILED, err,
-                                         None)
-                    note(PairOutcome(device.name, variant, FAILED, err))
+            if not stop.is_set():
+                record_rest(FAILED, f"{device.name}: internal error: {type(exc).__name__}: {exc}",
+                            _identity(device, None))
         with lock:
             outcomes.extend(recorded)
 
     if not by_device:
         return outcomes
-    with ThreadPoolExecutor(max_workers=len(by_device), thread_name_prefix="edgebench-device") as pool:
-        futures = [pool.submit(one, dev, vs) for dev, vs in by_device.values()]
+    pool = ThreadPoolExecutor(max_workers=len(by_device), thread_name_prefix="edgebench-device")
+    futures = []
+    try:
+        for dev, vs in by_device.values():
+            futures.append(pool.submit(one, dev, vs))
         for fut in futures:
             fut.result()
+    except BaseException:
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        hung = stop.wait_idle(STOP_GRACE_S)
+        farm = [d for d, _ in by_device.values() if d.is_labgrid]
+        if farm:   # a thread still hung in a release: free the run's places from here
+            freed = labgrid.release_stale(farm, owner=owner)
+            if freed:
+                log.warning("released %s after the interrupt", ", ".join(freed))
+        if hung:
+            log.warning("%d device thread(s) still running after the interrupt", hung)
+        raise
+    pool.shutdown(wait=True)
     return outcomes
+
+
+def labgrid_owner(run_id: str) -> str:
+    """Who holds a run's labgrid places: named after the run, so that a resumed run (from any machine)
+    can release what its killed controller left held."""
+    return f"edgebench-{run_id}"
 
 
 def check_resumable(store: Store, run_id: str) -> None:

@@ -62,7 +62,7 @@ class VariantResult:
 
     device: str
     variant: str
-    status: str = "ok"  # ok | failed | unreachable | timeout | ineligible | missing
+    status: str = "ok"  # ok | failed | unreachable | timeout | ineligible | busy | missing
     error: Optional[str] = None
     sizes: Mapping[str, int] = field(default_factory=dict)  # component -> bytes
     params: Mapping[str, int] = field(default_factory=dict)  # component -> count

@@ -1,5 +1,7 @@
 from pathlib import Path
 
+import pytest
+
 from devices.inventory import local_device
 from devices.ondevice.protocol import Protocol
 from harness import orchestrate, results
@@ -12,7 +14,7 @@ def test_a_bug_for_one_device_keeps_what_it_recorded_and_fails_only_the_rest(tmp
                              variants=["a", "b", "c"], devices=["local"])
 
     def crashes_after_one(store, run_id, device, artifacts, variants, *args):
-        on_pair = args[-2]
+        on_pair = args[-3]   # (..., on_pair, done, stop)
         identity = {"name": device.name}
         store.record_attempt(run_id, device.name, identity, "a", "failed", "device said no", None)
         on_pair(orchestrate.PairOutcome(device.name, "a", "failed", "device said no"))
@@ -99,3 +101,82 @@ def test_a_record_that_claims_another_board_fails_with_the_reason(tmp_path, monk
     assert [o.status for o in out] == ["failed"]
     assert "claims another device" in out[0].error and "Raspberry Pi 5" in out[0].error
     assert results.samples_df(store, run_id, all_attempts=True).empty  # nothing of the lying record is stored
+
+
+def test_a_place_busy_for_the_whole_wait_is_recorded_busy_and_the_others_measured(tmp_path, monkeypatch):
+    from contextlib import contextmanager
+    from dataclasses import replace
+
+    from devices import labgrid
+
+    store = Store(tmp_path / "r.sqlite")
+    run_id = store.start_run(config={}, budgets={}, code_version="t", preset="tiny", variants=["a", "b"],
+                             devices=["pi-1", "pi-2"])
+    boards = [replace(local_device(), name=n, place=n, coordinator="127.0.0.1:1") for n in ("pi-1", "pi-2")]
+
+    @contextmanager
+    def borrowed(device, *, owner):
+        assert owner == f"edgebench-{run_id}"
+        if device.name == "pi-2":
+            raise labgrid.PlaceBusy("pi-2", "ci-7/alice", 600.0, "127.0.0.1:1")
+        yield replace(device, host="127.0.0.1", port=2222, user="pi")
+
+    measured = []
+
+    def measure_device(store, run_id, device, artifacts, variants, *args):
+        measured.append((device.name, device.host, device.port))
+        on_pair = args[-3]
+        for v in variants:
+            store.record_attempt(run_id, device.name, {"name": device.name}, v, "ok", None, None)
+            on_pair(orchestrate.PairOutcome(device.name, v, "ok"))
+
+    monkeypatch.setattr(labgrid, "borrowed", borrowed)
+    monkeypatch.setattr(orchestrate, "measure_device", measure_device)
+    outcomes = orchestrate.measure_all(store, run_id, [(b, v) for b in boards for v in "ab"], {}, Protocol(),
+                                       Path("kh"), 60, None, tmp_path)
+    assert measured == [("pi-1", "127.0.0.1", 2222)]   # measured at the address the place gave
+    by_pair = {(o.device, o.variant): o for o in outcomes}
+    assert {by_pair[("pi-1", v)].status for v in "ab"} == {"ok"}
+    for v in "ab":
+        busy = by_pair[("pi-2", v)]
+        assert busy.status == orchestrate.BUSY
+        assert busy.error == ("pi-2: place 'pi-2' is held by ci-7/alice; waited 600 s "
+                              "(labgrid coordinator 127.0.0.1:1)")
+    stored = results.attempts_df(store, run_id)
+    assert sorted(stored[stored["device"] == "pi-2"]["status"]) == ["busy", "busy"]
+
+
+def test_an_interrupt_stops_every_device_records_nothing_cut_short_and_is_raised_again(tmp_path, monkeypatch):
+    import signal
+    import threading
+    import time
+
+    store = Store(tmp_path / "r.sqlite")
+    run_id = store.start_run(config={}, budgets={}, code_version="t", preset="tiny", variants=["a"],
+                             devices=["local"])
+    main = threading.get_ident()
+    saw_stop = []
+
+    def measure_device(store, run_id, device, artifacts, variants, *args):
+        stop = args[-1]
+        signal.pthread_kill(main, signal.SIGUSR1)   # Ctrl-C lands in the main thread while we measure
+        for _ in range(500):                          # measuring until told to stop (bounded: 10 s)
+            if stop.is_set():
+                saw_stop.append(device.name)
+                return []
+            time.sleep(0.02)
+        raise AssertionError("never told to stop")
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(orchestrate, "measure_device", measure_device)
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            orchestrate.measure_all(store, run_id, [(local_device(), "a")], {}, Protocol(), Path("kh"), 60,
+                                    None, tmp_path)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert saw_stop == ["local"]
+    assert results.attempts_df(store, run_id).empty   # nothing recorded for what was cut short
