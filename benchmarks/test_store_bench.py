@@ -44,3 +44,40 @@ def test_summary_df_of_a_realistic_run(benchmark, tmp_path):
     summary = benchmark(results.summary_df, st, rid)
     assert len(summary) == len(VARIANTS) * 3 and set(summary["n"]) == {60}
     st.close()
+
+
+def test_record_a_run_sqlite_vs_postgresql_side_by_side(benchmark, tmp_path):
+    """One realistic run recorded on each backend per round, the order alternating (A B, B A, ...), so
+    load on this shared machine reaches both alike; the ratio of medians is in extra_info. PostgreSQL
+    runs on loopback (tests/pgserver.py): a network hop on a real farm adds its round trips."""
+    import statistics
+    import time
+
+    import pgserver
+    import pytest
+
+    if not pgserver.available():
+        pytest.skip("needs PostgreSQL's server binaries and psycopg (.ci/setup installs them)")
+    server = pgserver.PostgresServer.start()
+    try:
+        stores = {"sqlite": Store(tmp_path / "results.sqlite"), "postgresql": Store(server.new_database())}
+        seconds: dict = {name: [] for name in stores}
+        rounds = [0]
+
+        def one_round():
+            order = list(stores) if rounds[0] % 2 == 0 else list(reversed(stores))
+            rounds[0] += 1
+            for name in order:
+                t0 = time.perf_counter()
+                record_run(stores[name])
+                seconds[name].append(time.perf_counter() - t0)
+
+        benchmark.pedantic(one_round, rounds=10, iterations=1, warmup_rounds=1)
+        medians = {name: statistics.median(v) for name, v in seconds.items()}
+        benchmark.extra_info.update({f"{name}_median_s": round(m, 4) for name, m in medians.items()})
+        benchmark.extra_info["postgresql_over_sqlite"] = round(medians["postgresql"] / medians["sqlite"], 2)
+        benchmark.extra_info["n_per_backend"] = len(seconds["sqlite"])
+        for st in stores.values():
+            st.close()
+    finally:
+        server.stop()
