@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -108,6 +109,8 @@ class LocalTransport(Transport):
         self.device = device
         self.work_dir = str(Path(work_dir).absolute())
         self._cpu_list = self._pick_cpus(device.cpus)
+        self._running: set = set()            # commands in flight, killed by close()
+        self._lock = threading.Lock()
 
     @staticmethod
     def _pick_cpus(n: int | None) -> list[int] | None:
@@ -145,6 +148,8 @@ class LocalTransport(Transport):
             return CommandResult(127, "", f"{argv[0]}: command not found", time.monotonic() - start)
         except PermissionError:
             return CommandResult(126, "", f"{argv[0]}: permission denied", time.monotonic() - start)
+        with self._lock:
+            self._running.add(proc)
         try:
             out, err = proc.communicate(input=stdin, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -155,6 +160,9 @@ class LocalTransport(Transport):
         except BaseException:
             self._kill(proc)
             raise
+        finally:
+            with self._lock:
+                self._running.discard(proc)
         return CommandResult(proc.returncode, _decode(out), _decode(err), time.monotonic() - start)
 
     @staticmethod
@@ -190,7 +198,15 @@ class LocalTransport(Transport):
         return sent
 
     def close(self):
-        pass
+        """Kill the commands still running (their own process groups): an interrupted run closes its
+        transports from another thread so that what is in flight ends now, as an SSH disconnect does."""
+        with self._lock:
+            running = list(self._running)
+        for proc in running:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 # ----------------------------------------------------------------------------------------------- ssh

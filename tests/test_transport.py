@@ -229,3 +229,16 @@ def test_open_transport_picks_ssh_and_rejects_untrusted(ssh_farm):
     assert isinstance(t, SSHTransport)
     with pytest.raises(HostKeyError, match="edgebench devices trust untrusted"):
         t.run(["true"], timeout=10)
+
+
+def test_closing_a_local_transport_from_another_thread_kills_what_is_in_flight(tmp_path):
+    """An interrupted run closes its transports from the main thread: the command in flight on the local
+    device (its own process group, so Ctrl-C never reaches it) must end then, not run to completion."""
+    t = LocalTransport(local_device(), tmp_path)
+    threading.Timer(0.5, t.close).start()
+    start = time.monotonic()
+    result = t.run([sys.executable, "-c", "import time; time.sleep(60)"], timeout=120)
+    assert time.monotonic() - start < 30
+    assert result.exit_code < 0   # killed by a signal
+    t.close()   # closing again, with nothing in flight, is harmless
+    assert t.run([sys.executable, "-c", "print('after')"], timeout=60).stdout.strip() == "after"
