@@ -73,6 +73,30 @@ def test_disturbed_samples_are_measured_again_within_the_budget():
     assert out["reason"] is None
 
 
+def test_a_re_measurement_disturbed_again_is_measured_again_as_its_original_sentence():
+    """Found on a loaded CI machine: the second round looked up the plan by the re-measurement's own
+    place in the list, measured another sentence, and the controller rejected the whole record."""
+    plan = [(type("S", (), {"id": f"short-0{i}"}), emo) for i, emo in enumerate(("happy", "sad", "angry"))]
+    calls = []
+    rounds = {"n": 0}
+
+    def synth(item):
+        calls.append(item)
+        rounds["n"] += 1
+        noisy = rounds["n"] == 1    # the first re-measurement is disturbed too; the second is quiet
+        return sample(total=0.3, cpu=0.15 if noisy else 0.3, others=0.15 if noisy else 0.0, sid=item[0].id,
+                      emotion=item[1])
+
+    samples = [sample(total=0.3, iteration=i, sid=plan[i % 3][0].id, emotion=plan[i % 3][1])
+               for i in range(6)]
+    samples[4]["cpu_s"], samples[4]["others_cpu_s"] = 0.15, 0.15
+    remeasure(plan, synth, samples, threads=1, n_cpus=1, rule=StopRule(1, 0, 100), clock=time.monotonic)
+    assert [c[0].id for c in calls] == [plan[4 % 3][0].id] * 2   # both rounds: sample 4's sentence
+    assert [s["remeasure_of"] for s in samples[6:]] == [4, 4]
+    for s in samples[6:]:
+        assert (s["sentence_id"], s["emotion"]) == (samples[4]["sentence_id"], samples[4]["emotion"])
+
+
 def test_what_stays_disturbed_after_the_budget_is_reported():
     plan = [(type("S", (), {"id": "short-01"}), "happy")]
 

@@ -151,10 +151,12 @@ def remeasure(plan: Sequence, synth: Callable[[object], dict], samples: List[dic
         for i in pending:
             if done >= budget or (rule.deadline is not None and clock() >= rule.deadline):
                 break
-            item = plan[samples[i]["iteration"] % len(plan)]
-            again = synth(item)
+            # the original steady-state iteration: a re-measurement that was disturbed again is measured
+            # again as its original (its own iteration is its place in the list, not in the plan)
+            original = samples[i].get("remeasure_of", samples[i]["iteration"])
+            again = synth(plan[original % len(plan)])
             again["iteration"] = len(samples)
-            again["remeasure_of"] = samples[i].get("remeasure_of", samples[i]["iteration"])
+            again["remeasure_of"] = original
             samples.append(again)
             batch.append(len(samples) - 1)
             done += 1
