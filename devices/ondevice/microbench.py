@@ -1,0 +1,139 @@
+"""The device's own limits, measured on the device: what a stage's time is compared against.
+
+Three numbers bound how fast a stage can run on a board with a runtime:
+
+* ``matmul`` rates (multiply-accumulates per second): fp32 and dynamic int8 matrix products, at a large
+  shape (the compute bound) and at the model's own shapes (what its layers can get);
+* ``copy`` bandwidth (bytes per second): a large tensor copied, read once and written once;
+* ``dispatch`` overhead (seconds per operator call): a loop of tiny operations whose arithmetic is
+  nothing, so their time is the runtime's cost of one call (Python, dispatcher, allocation).
+
+Each is timed in repeats until ``min_s`` seconds have passed (at least ``min_reps``, at most
+``max_reps``), and reported as the median with the spread (quartiles) and ``n``. Pure logic; the clock
+is injectable (tests use a fake one). Runs on the device: standard library + torch, Python 3.8+.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+FORMAT = "edgebench.microbench"
+VERSION = 1
+#: The large shape: (rows, inner, columns) of a matrix product big enough to reach a core's peak.
+LARGE_SHAPE = (256, 1024, 1024)
+COPY_BYTES = 64 << 20
+DISPATCH_CALLS = 2000
+
+
+def _quartiles(values: Sequence[float]) -> Tuple[float, float, float]:
+    s = sorted(values)
+    n = len(s)
+
+    def at(q: float) -> float:
+        pos = q * (n - 1)
+        lo = int(pos)
+        hi = min(lo + 1, n - 1)
+        return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+    return at(0.25), at(0.5), at(0.75)
+
+
+def repeat(fn: Callable[[], Any], *, min_s: float, min_reps: int = 3, max_reps: int = 1000,
+           clock: Callable[[], float] = time.perf_counter) -> List[float]:
+    """Seconds of each call of ``fn`` (one warm-up call first, not timed), until ``min_s`` seconds of
+    timed calls and at least ``min_reps`` of them, at most ``max_reps``."""
+    fn()
+    times: List[float] = []
+    spent = 0.0
+    while len(times) < max_reps and (len(times) < min_reps or spent < min_s):
+        t0 = clock()
+        fn()
+        dt = clock() - t0
+        times.append(dt)
+        spent += dt
+    return times
+
+
+def rate(work: float, times: Sequence[float], unit: str) -> Dict[str, Any]:
+    """``work`` per call over each call's seconds: median and quartiles of the rate, n."""
+    rates = [work / t for t in times if t > 0]
+    if not rates:
+        return {"unit": unit, "n": 0, "median": None, "q1": None, "q3": None}
+    q1, med, q3 = _quartiles(rates)
+    return {"unit": unit, "n": len(rates), "median": med, "q1": q1, "q3": q3}
+
+
+def matmul(torch, shape: Tuple[int, int, int], *, int8: bool = False, min_s: float = 0.5,
+           clock: Callable[[], float] = time.perf_counter) -> Dict[str, Any]:
+    """MACs per second of ``x[rows, inner] @ W[inner, cols]``: fp32 (``torch.nn.functional.linear``), or
+    dynamic int8 as a dynamic-quantized Linear runs it (``quantized::linear_dynamic``)."""
+    rows, inner, cols = shape
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, inner, generator=gen)
+    layer = torch.nn.Linear(inner, cols, bias=False)
+    if int8:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            layer = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(layer), {torch.nn.Linear},
+                                                          dtype=torch.qint8)
+    with torch.inference_mode():
+        times = repeat(lambda: layer(x), min_s=min_s, clock=clock)
+    out = rate(float(rows * inner * cols), times, "MAC/s")
+    out["shape"] = list(shape)
+    return out
+
+
+def copy(torch, nbytes: int = COPY_BYTES, *, min_s: float = 0.5,
+         clock: Callable[[], float] = time.perf_counter) -> Dict[str, Any]:
+    """Bytes per second moved by copying a ``nbytes`` tensor into another (each byte read and written
+    once: 2 x nbytes per call)."""
+    n = max(1, nbytes // 4)
+    src = torch.ones(n)
+    dst = torch.empty(n)
+    with torch.inference_mode():
+        times = repeat(lambda: dst.copy_(src), min_s=min_s, clock=clock)
+    out = rate(float(2 * n * 4), times, "B/s")
+    out["bytes"] = n * 4
+    return out
+
+
+def dispatch(torch, calls: int = DISPATCH_CALLS, *, min_s: float = 0.5,
+             clock: Callable[[], float] = time.perf_counter) -> Dict[str, Any]:
+    """Seconds per operator call: ``calls`` additions on a one-element tensor per repeat (nothing to
+    compute, so what is timed is the runtime's cost of a call). Reported as seconds per call."""
+    x = torch.zeros(1)
+
+    def loop() -> None:
+        y = x
+        for _ in range(calls):
+            y = y + 1.0
+
+    with torch.inference_mode():
+        times = repeat(loop, min_s=min_s, clock=clock)
+    per_call = [t / calls for t in times]
+    q1, med, q3 = _quartiles(per_call)
+    return {"unit": "s/op", "n": len(per_call), "median": med, "q1": q1, "q3": q3, "calls": calls}
+
+
+def run(torch, *, model_shapes: Sequence[Tuple[int, int, int]] = (), min_s: float = 0.5,
+        threads: Optional[int] = None, clock: Callable[[], float] = time.perf_counter) -> Dict[str, Any]:
+    """Every micro-benchmark once: the device's bounds for the runtime ``torch`` (about 5 x ``min_s``
+    seconds plus the model shapes)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    shapes = [tuple(int(v) for v in s) for s in model_shapes]
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "matmul_fp32": matmul(torch, LARGE_SHAPE, min_s=min_s, clock=clock),
+        "matmul_int8": matmul(torch, LARGE_SHAPE, int8=True, min_s=min_s, clock=clock),
+        "model_fp32": [matmul(torch, s, min_s=min_s / 4, clock=clock) for s in shapes],
+        "model_int8": [matmul(torch, s, int8=True, min_s=min_s / 4, clock=clock) for s in shapes],
+        "copy": copy(torch, min_s=min_s, clock=clock),
+        "dispatch": dispatch(torch, min_s=min_s, clock=clock),
+    }
