@@ -161,8 +161,7 @@ def execute(request: RunRequest, *, show_progress: bool = True) -> RunResult:
             pairs = [(d, v) for d in selected for v in measured if (d.name, v) in missing]
             # A controller killed with SIGKILL could not give its labgrid places back: this run's owner
             # still holds them. Free them before measuring (the coordinator keeps them otherwise).
-            released = labgrid.release_stale([d for d in selected if d.is_labgrid],
-                                             owner=orchestrate.labgrid_owner(run_id))
+            released = labgrid.release_stale(selected, owner=orchestrate.labgrid_owner(run_id))
         else:
             run_id = store.start_run(
                 config=cfg.to_dict(),

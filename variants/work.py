@@ -240,11 +240,16 @@ class _Counter(TorchDispatchMode):
         return out
 
 
+def _stage_of(child: str) -> str:
+    """The stage of the acoustic model's top-level child ``child``."""
+    return _FOLDED.get(child, child if child in ACOUSTIC_STAGES else "acoustic_other")
+
+
 def _stage_modules(acoustic: nn.Module, vocoder: nn.Module) -> Dict[str, list]:
     stages: Dict[str, list] = {stage: [] for stage in STAGES}
     stages["acoustic_other"].append(acoustic)
     for name, child in acoustic.named_children():
-        stage = _FOLDED.get(name, name if name in ACOUSTIC_STAGES else "acoustic_other")
+        stage = _stage_of(name)
         stages[stage].extend(child.modules())
     stages["vocoder"].extend(vocoder.modules())
     return stages
@@ -303,7 +308,7 @@ def _stage_weight_bytes(acoustic: nn.Module, vocoder: nn.Module) -> Dict[str, in
     out = {stage: 0 for stage in STAGES}
     counted = 0
     for name, child in acoustic.named_children():
-        stage = _FOLDED.get(name, name if name in ACOUSTIC_STAGES else "acoustic_other")
+        stage = _stage_of(name)
         b = weight_bytes(child)
         out[stage] += b
         counted += b
