@@ -150,6 +150,7 @@ def execute(request: RunRequest, *, show_progress: bool = True) -> RunResult:
             recipes=cfg.recipes,
             progress=progress.callback("build"),
             runtimes=cfg.runtimes,
+            work_classes=protocol.sentences,
         )
         artifacts = {b.name: b.path for b in built}
         measured = measured_names(cfg.variants, cfg.runtimes)  # what a pair measures: variant x runtime

@@ -343,6 +343,39 @@ class _Builder:
                 out[emo] = wav_bytes(wav)
         return out, text
 
+    def ensure_work(self, node: _Node, classes: Sequence[str], torch_node: Optional[_Node] = None) -> None:
+        """The manifest's ``work`` (``variants.work.count_corpus``) for ``classes``, counted once per cache
+        entry. An onnxruntime node takes the MACs and weight bytes of its recipe's torch artifact
+        (``torch_node``: the same arithmetic); its operator calls are ONNX Runtime's, not counted
+        (``ops`` None). A model the counter cannot run is recorded with the reason, not an error."""
+        from variants import work as work_mod
+
+        manifest = art.read_manifest(node.path)
+        current = manifest.get("work") or {}
+        wanted = {s.id for s in work_mod.counted_sentences(classes)}
+        if current.get("version") == work_mod.WORK_VERSION and (
+                "error" in current or wanted <= set(current.get("sentences") or {})):
+            return
+        if node.runtime == "onnxruntime":
+            if torch_node is None:
+                return
+            self.ensure_work(torch_node, classes)
+            entry = dict(art.read_manifest(torch_node.path).get("work") or {})
+            if "sentences" in entry:
+                entry["sentences"] = {
+                    sid: {**w, "stages": {k: {**v, "ops": None} for k, v in w["stages"].items()}}
+                    for sid, w in entry["sentences"].items()}
+                entry["runtime_ops"] = False
+        else:
+            self.progress(f"{manifest.get('name')}: counting work")
+            acoustic, vocoder = node.models()
+            try:
+                entry = work_mod.count_corpus(acoustic, vocoder, self.symbols, classes)
+            except Exception as exc:  # noqa: BLE001 - a plugin model the counter cannot run: say why
+                entry = {"version": work_mod.WORK_VERSION,
+                         "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        art.update_manifest(node.path, work=entry)
+
     def ensure_quality(self, node: _Node) -> Dict[str, Any]:
         manifest = art.read_manifest(node.path)
         current = manifest.get("quality")
@@ -461,6 +494,7 @@ def build_variants(
     voice: Optional[str] = None,
     loaded_voice=None,
     runtimes: Sequence[str] = ("torch",),
+    work_classes: Sequence[str] = (),
 ) -> List[BuiltVariant]:
     """Build (or fetch from the cache) every variant; return them in the order asked.
 
@@ -476,6 +510,8 @@ def build_variants(
     ``runtimes``: "torch" builds the torch artifacts; "onnxruntime" also exports each variant for ONNX Runtime
     (``<variant dir>.onnxruntime``, named ``variant@onnxruntime``: ``variants.runtimes``). The torch artifacts
     come first in the result, then the onnxruntime ones, each in the order asked.
+    ``work_classes``: count each variant's work (``variants.work``) on one sentence of each of these length
+    classes into its manifest's ``work`` (what the report places against a device's limits).
     """
     progress = progress or _quiet
     out = Path(out)
@@ -520,6 +556,9 @@ def build_variants(
                 else:
                     node = builder.onnx_node(tuple(recipe.steps), recipe.name)
                     dest = out / f"{recipe.dirname}.{runtime}"
+                if work_classes:
+                    twin = builder.node(tuple(recipe.steps), recipe.name) if runtime != "torch" else None
+                    builder.ensure_work(node, work_classes, twin)
                 builder.ensure_quality(node)
                 manifest = _publish(node.path, dest, name)
                 progress(f"{name}: {'cached' if node.cached else 'built'} -> {dest}")

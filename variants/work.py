@@ -29,7 +29,7 @@ arithmetic operators gets those counted as ops only.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional
 
 import torch
@@ -62,6 +62,12 @@ class Work:
     phones: int
     frames: int
     stages: Mapping[str, StageWork]
+    #: (rows, inner, columns) of the matrix products -> their MACs: the shapes the model's time goes to
+    shapes: Mapping[tuple, int] = field(default_factory=dict)
+
+    def top_shapes(self, n: int = 3) -> list:
+        """The ``n`` product shapes with the most MACs, largest first."""
+        return [list(s) for s, _ in sorted(self.shapes.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
 
     @property
     def acoustic(self) -> StageWork:
@@ -71,7 +77,8 @@ class Work:
 
     def to_dict(self) -> dict:
         return {"phones": self.phones, "frames": self.frames,
-                "stages": {name: w.to_dict() for name, w in self.stages.items()}}
+                "stages": {name: w.to_dict() for name, w in self.stages.items()},
+                "top_shapes": self.top_shapes()}
 
 
 # -------------------------------------------------------------------------------------- MAC formulas
@@ -187,6 +194,22 @@ _RULES = (
 )
 
 
+def _product_shape(func, args) -> Optional[tuple]:
+    """(rows, inner, columns) of a 2-D product the way a linear layer runs it, else None."""
+    name = getattr(func, "__name__", "")
+    try:
+        if name.startswith("linear.") or name.startswith("linear_dynamic"):
+            weight = args[1] if name.startswith("linear.") else torch.ops.quantized.linear_unpack(args[1])[0]
+            return (_numel(args[0].shape[:-1]), int(weight.shape[1]), int(weight.shape[0]))
+        if name.startswith("addmm."):
+            return (int(args[1].shape[0]), int(args[1].shape[1]), int(args[2].shape[1]))
+        if name.startswith("mm."):
+            return (int(args[0].shape[0]), int(args[0].shape[1]), int(args[1].shape[1]))
+    except (AttributeError, IndexError, RuntimeError):
+        return None
+    return None
+
+
 def _mac_rules() -> Dict[Any, Callable]:
     rules: Dict[Any, Callable] = {}
     for name, overload, rule in _RULES:
@@ -216,6 +239,7 @@ class _Counter(TorchDispatchMode):
         self.rules = _mac_rules()
         self.macs: Dict[str, int] = {}
         self.ops: Dict[str, int] = {}
+        self.shapes: Dict[tuple, int] = {}
 
     def _stage(self) -> str:
         frame = sys._getframe(2)
@@ -236,7 +260,11 @@ class _Counter(TorchDispatchMode):
         self.ops[stage] = self.ops.get(stage, 0) + 1
         rule = self.rules.get(func)
         if rule is not None:
-            self.macs[stage] = self.macs.get(stage, 0) + int(rule(args, out))
+            macs = int(rule(args, out))
+            self.macs[stage] = self.macs.get(stage, 0) + macs
+            shape = _product_shape(func, args)
+            if shape is not None:
+                self.shapes[shape] = self.shapes.get(shape, 0) + macs
         return out
 
 
@@ -333,7 +361,7 @@ def count_work(acoustic: nn.Module, vocoder: nn.Module, inputs: Mapping[str, tor
     stages = {stage: StageWork(stage, counter.macs.get(stage, 0), counter.ops.get(stage, 0), sizes[stage])
               for stage in STAGES}
     phones = int(next(iter(inputs.values())).shape[-1])
-    return Work(phones=phones, frames=frames, stages=stages)
+    return Work(phones=phones, frames=frames, stages=stages, shapes=dict(counter.shapes))
 
 
 def _reference_synthesis(acoustic, vocoder, inputs) -> int:
@@ -341,3 +369,61 @@ def _reference_synthesis(acoustic, vocoder, inputs) -> int:
     frames = int(out.frames.max())
     vocoder(out.mel.transpose(1, 2))
     return frames
+
+
+# ------------------------------------------------------------------------------ per sentence, manifest
+
+#: Version of the manifest's ``work`` entry (a different one is counted again).
+WORK_VERSION = 1
+#: The emotion a sentence is counted with; a sample of another emotion is scaled by its frames.
+COUNT_EMOTION = "neutral"
+#: Stages whose work grows with the phones of the input; the others grow with the mel frames.
+PER_PHONE = ("encoder", "variance_adaptor")
+
+
+def counted_sentences(classes) -> list:
+    """The corpus sentences counted for ``classes``: the first of each class (canonical order). A sample
+    of another sentence of the class is scaled from it by phones and frames (``scale``)."""
+    from devices.ondevice.corpus import default_corpus
+
+    out = []
+    for cls in classes:
+        first = next((s for s in default_corpus(0) if s.length_class == cls), None)
+        if first is not None:
+            out.append(first)
+    return out
+
+
+def count_corpus(acoustic: nn.Module, vocoder: nn.Module, symbols, classes) -> dict:
+    """The manifest's ``work`` entry: the work of one sentence per length class (``counted_sentences``),
+    and the model's largest product shapes (what the device's micro-benchmarks also time)."""
+    from devices.ondevice.frontend import text_to_ids
+
+    sentences: Dict[str, dict] = {}
+    shapes: Dict[tuple, int] = {}
+    for sentence in counted_sentences(classes):
+        inputs = text_to_ids(sentence.text, emotion=COUNT_EMOTION, symbols=symbols).to_tensors()
+        work = count_work(acoustic, vocoder, inputs)
+        sentences[sentence.id] = {"length_class": sentence.length_class, **work.to_dict()}
+        for shape, macs in work.shapes.items():
+            shapes[shape] = shapes.get(shape, 0) + macs
+    top = [list(s) for s, _ in sorted(shapes.items(), key=lambda kv: (-kv[1], kv[0]))[:3]]
+    return {"version": WORK_VERSION, "emotion": COUNT_EMOTION, "sentences": sentences, "top_shapes": top,
+            "runtime_ops": True}
+
+
+def scale(entry: Mapping[str, Any], length_class: str, phones: int, frames: int) -> Optional[dict]:
+    """Per stage {macs, ops, weight_bytes} of a sample of ``length_class`` with ``phones`` and ``frames``,
+    from the manifest's ``work`` entry: the class's counted sentence scaled by phones (encoder, variance
+    adaptor) or frames (the rest); exact for the counted sentence itself. None without a count for the
+    class."""
+    counted = next((w for w in (entry.get("sentences") or {}).values()
+                    if w.get("length_class") == length_class), None)
+    if counted is None or not counted.get("phones") or not counted.get("frames"):
+        return None
+    out = {}
+    for stage, w in counted["stages"].items():
+        f = phones / counted["phones"] if stage in PER_PHONE else frames / counted["frames"]
+        out[stage] = {"macs": w["macs"] * f, "ops": w["ops"] * f if w.get("ops") is not None else None,
+                      "weight_bytes": w["weight_bytes"]}
+    return out
