@@ -63,7 +63,7 @@ def has_column(st, table: str, column: str) -> bool:
 
 
 def test_a_new_store_has_the_current_schema(st):
-    assert st.schema_version() == SCHEMA_VERSION == 4
+    assert st.schema_version() == SCHEMA_VERSION == 5
     for table in ("schema_version", "runs", "artifacts", "attempts", "samples", "facts", "mos", "verdicts"):
         assert count(st, table) >= 0
 
@@ -446,3 +446,20 @@ def test_a_run_whose_data_stayed_disturbed_is_never_a_baseline(st):
     fp = make_identity()["fingerprint"]
     assert st.effective_attempts(ids[1])[("pi4-a", "original")]["header"]["disturbed"] is True
     assert st.baseline_run_id(ids[2], fp) == ids[0]  # not the disturbed run in between
+
+
+def test_micro_benchmarks_are_stored_per_run_and_found_by_identity_and_age(st):
+    run_a = st.start_run({"a": 1}, {}, "0", "tiny", ["v"], ["board"])
+    run_b = st.start_run({"a": 1}, {}, "0", "tiny", ["v"], ["board"])
+    doc = {"format": "edgebench.microbench", "version": 1, "dispatch": {"median": 3e-6, "n": 40}}
+    first = st.record_microbench(run_a, "board", "id-1", doc, measured_at="2026-12-01T10:00:00.000+00:00")
+    st.record_microbench(run_a, "other", "id-2", {"error": "torch is not importable here"},
+                         measured_at="2026-12-01T10:00:00.000+00:00")
+    st.record_microbench(run_b, "board", "id-1", doc, measured_at="2026-12-01T10:00:00.000+00:00",
+                         reused_from=first)
+    assert st.microbench(run_a)["board"]["doc"] == doc
+    assert st.microbench(run_b)["board"]["reused_from"] == first
+    assert st.latest_microbench("id-1", since="2026-12-01T09:00:00")["id"] == first
+    assert st.latest_microbench("id-1", since="2026-12-01T11:00:00") is None   # too old
+    assert st.latest_microbench("id-2", since="2026-12-01T09:00:00") is None   # an error is not reused
+    assert count(st, "microbench") == 3

@@ -24,6 +24,9 @@ VERSION = 1
 LARGE_SHAPE = (256, 1024, 1024)
 COPY_BYTES = 64 << 20
 DISPATCH_CALLS = 2000
+#: One call of the large product longer than this (an emulated or very slow board) halves its rows and
+#: columns until it is not: the whole run stays within seconds there too. The shape used is reported.
+MAX_CALL_S = 0.25
 
 
 def _quartiles(values: Sequence[float]) -> Tuple[float, float, float]:
@@ -118,22 +121,47 @@ def dispatch(torch, calls: int = DISPATCH_CALLS, *, min_s: float = 0.5,
     return {"unit": "s/op", "n": len(per_call), "median": med, "q1": q1, "q3": q3, "calls": calls}
 
 
+def large_shape(torch, max_call_s: float = MAX_CALL_S, clock: Callable[[], float] = time.perf_counter
+                ) -> Tuple[int, int, int]:
+    """``LARGE_SHAPE``, its rows and columns halved while one fp32 call takes longer than ``max_call_s``
+    (at least 16 x inner x 64)."""
+    rows, inner, cols = LARGE_SHAPE
+    x = torch.ones(rows, inner)
+    w = torch.ones(cols, inner)
+    with torch.inference_mode():
+        while rows > 16 and cols > 64:
+            t0 = clock()
+            torch.nn.functional.linear(x[:rows], w[:cols])
+            if clock() - t0 <= max_call_s:
+                break
+            rows, cols = rows // 2, cols // 2
+    return rows, inner, cols
+
+
 def run(torch, *, model_shapes: Sequence[Tuple[int, int, int]] = (), min_s: float = 0.5,
-        threads: Optional[int] = None, clock: Callable[[], float] = time.perf_counter) -> Dict[str, Any]:
+        threads: Optional[int] = None, quantized_engine: Optional[str] = None,
+        max_call_s: float = MAX_CALL_S, clock: Callable[[], float] = time.perf_counter) -> Dict[str, Any]:
     """Every micro-benchmark once: the device's bounds for the runtime ``torch`` (about 5 x ``min_s``
     seconds plus the model shapes)."""
     if threads is not None:
         torch.set_num_threads(threads)
+    if quantized_engine:
+        torch.backends.quantized.engine = quantized_engine
     shapes = [tuple(int(v) for v in s) for s in model_shapes]
-    return {
+    t0 = clock()
+    big = large_shape(torch, max_call_s, clock)
+    doc = {
         "format": FORMAT,
         "version": VERSION,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "matmul_fp32": matmul(torch, LARGE_SHAPE, min_s=min_s, clock=clock),
-        "matmul_int8": matmul(torch, LARGE_SHAPE, int8=True, min_s=min_s, clock=clock),
+        "quantized_engine": str(torch.backends.quantized.engine),
+        "matmul_fp32": matmul(torch, big, min_s=min_s, clock=clock),
+        "matmul_int8": matmul(torch, big, int8=True, min_s=min_s, clock=clock),
         "model_fp32": [matmul(torch, s, min_s=min_s / 4, clock=clock) for s in shapes],
         "model_int8": [matmul(torch, s, int8=True, min_s=min_s / 4, clock=clock) for s in shapes],
         "copy": copy(torch, min_s=min_s, clock=clock),
         "dispatch": dispatch(torch, min_s=min_s, clock=clock),
     }
+    doc["seconds"] = clock() - t0
+    return doc

@@ -23,6 +23,9 @@ every backend:
        (``rt_margin_s``) and the number of audio ``chunks``.
     4: farm places: an attempt can be ``busy`` (a labgrid place another user held for longer than the run
        waits; ``devices.labgrid``), a status of its own, distinct from ``unreachable``.
+    5: device limits: ``microbench`` holds each run's micro-benchmarks of a device identity
+       (``devices.ondevice.microbench``: what its stages are placed against, and what tells device drift
+       from a model regression); a run that reused a recent measurement names it (``reused_from``).
 
 A (device, variant) pair of a run is measured when it has an ``ok`` attempt. Measured interleaved, its
 attempt is created ``partial`` with the first process and turns ``ok`` once it holds the planned number of
@@ -46,7 +49,7 @@ import pandas as pd
 
 from harness.errors import UserError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Attempt statuses. ``ok``, ``failed`` and ``partial`` come with a record from the agent; the others do
 #: not. ``partial``: an interleaved pair with fewer undisturbed ok processes than planned so far.
@@ -182,6 +185,21 @@ CREATE TABLE verdicts (
 CREATE INDEX verdicts_by_run ON verdicts (run_id);
 """
 
+#: Schema 5's table, in SQLite's words (``harness.store.postgres`` translates the column types).
+SCHEMA_5 = """
+CREATE TABLE microbench (
+    id              INTEGER PRIMARY KEY,
+    run_id          TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    device          TEXT NOT NULL,
+    device_identity TEXT,
+    measured_at     TEXT NOT NULL,
+    reused_from     INTEGER,
+    doc_json        TEXT NOT NULL
+);
+CREATE INDEX microbench_by_identity ON microbench (device_identity, measured_at);
+CREATE INDEX microbench_by_run ON microbench (run_id)
+"""
+
 #: The columns schema 2 and 3 add to samples (both backends add them the same way).
 SAMPLE_COLUMNS_2 = (("cpu_s", "REAL"), ("others_cpu_s", "REAL"), ("psi_some_s", "REAL"),
                     ("disturbed", "INTEGER"), ("remeasure_of", "INTEGER"))
@@ -308,6 +326,35 @@ class Store(ABC):
             cur = tx.execute("UPDATE runs SET status = ?, ended_at = ? WHERE id = ?", (status, now(), run_id))
             if cur.rowcount != 1:
                 raise StoreError(f"{self.location}: no run {run_id!r}")
+
+    def record_microbench(self, run_id: str, device: str, identity: str | None, doc: Mapping[str, Any],
+                          *, measured_at: str | None = None, reused_from: int | None = None) -> int:
+        """Store a device's micro-benchmarks for a run (``reused_from``: the row they were copied from, with
+        its ``measured_at``); returns the row id."""
+        with self._tx() as tx:
+            return tx.insert(
+                "INSERT INTO microbench (run_id, device, device_identity, measured_at, reused_from, doc_json)"
+                " VALUES (?,?,?,?,?,?)",
+                (run_id, device, identity, measured_at or now(), reused_from, dumps(dict(doc))),
+            )
+
+    def microbench(self, run_id: str) -> dict[str, dict]:
+        """device -> its micro-benchmarks in this run (the last stored), with ``id``, ``device_identity``,
+        ``measured_at``, ``reused_from`` and ``doc``."""
+        rows = self._query("SELECT * FROM microbench WHERE run_id = ? ORDER BY id", (run_id,))
+        return {r["device"]: _microbench_row(r) for r in rows}
+
+    def latest_microbench(self, identity: str, since: str) -> dict | None:
+        """The newest micro-benchmarks of a device identity measured at or after ``since`` (ISO time),
+        measured (not reused) and without an error, or None."""
+        rows = self._query(
+            "SELECT * FROM microbench WHERE device_identity = ? AND measured_at >= ? AND reused_from IS NULL"
+            " ORDER BY measured_at DESC, id DESC", (identity, since))
+        for r in rows:
+            row = _microbench_row(r)
+            if "error" not in row["doc"]:
+                return row
+        return None
 
     def record_artifact(self, run_id: str, variant: str, path: str, manifest: Mapping[str, Any]) -> None:
         """Record (or replace, on resume) the artifact a run measured for ``variant``."""
@@ -740,3 +787,9 @@ def split_record(record: Mapping[str, Any]) -> tuple[dict, list[tuple], list[tup
             samples.append((index, *(_sample_value(s, f) for f in _SAMPLE_FIELDS)))
     header["processes"] = processes
     return header, samples, facts
+
+
+def _microbench_row(r: Mapping[str, Any]) -> dict:
+    return {"id": int(r["id"]), "device": r["device"], "device_identity": r["device_identity"],
+            "measured_at": r["measured_at"], "reused_from": r["reused_from"],
+            "doc": json.loads(r["doc_json"])}

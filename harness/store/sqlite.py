@@ -22,6 +22,7 @@ from harness.store.base import (
     SAMPLE_COLUMNS_2,
     SAMPLE_COLUMNS_3,
     SCHEMA_1,
+    SCHEMA_5,
     Store,
     StoreError,
     Tx,
@@ -103,9 +104,16 @@ def _migrate_3_to_4(tx: Tx) -> None:
     _rebuild_attempts(tx, ATTEMPT_STATUSES_4, planned=True)
 
 
+def _migrate_4_to_5(tx: Tx) -> None:
+    """The ``microbench`` table: a device's measured limits per run."""
+    for statement in statements(SCHEMA_5):
+        tx.execute(statement)
+
+
 #: MIGRATIONS[n] turns a version n store into a version n + 1 store (inside one transaction).
 MIGRATIONS: dict[int, Callable[[Tx], None]] = {
     0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4,
+    4: _migrate_4_to_5,
 }
 
 

@@ -3,6 +3,7 @@
     python3 edgebench_agent.py measure --artifact DIR --variant NAME --protocol '{"format":
         "edgebench.protocol", "version": 1, "processes": 3, ...}' [--sentence-ids IDS --work-dir DIR]
     python3 edgebench_agent.py facts
+    python3 edgebench_agent.py microbench [--min-s S --threads N --shapes 1x256x1024,...]
 
 The protocol is one versioned document (``devices.ondevice.protocol.Protocol.to_document``) with every value
 given: the defaults live on the controller only.
@@ -73,6 +74,16 @@ def _protocol(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _shapes(text: str) -> list:
+    try:
+        shapes = [tuple(int(v) for v in part.split("x")) for part in text.split(",") if part.strip()]
+    except ValueError:
+        shapes = [()]
+    if any(len(s) != 3 or min(s) < 1 or max(s) > 1 << 16 for s in shapes):
+        raise argparse.ArgumentTypeError(f"expected shapes like 1x256x1024,32x80x256, got {text!r}")
+    return shapes
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgebench-agent", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -90,6 +101,11 @@ def make_parser() -> argparse.ArgumentParser:
                    help="the first process also synthesises one sentence for the controller to compare "
                         "(devices.ondevice.outputs); outside every timed span")
     sub.add_parser("facts", help="print the device facts as JSON")
+    b = sub.add_parser("microbench", help="measure and print the device limits (ondevice.microbench)")
+    b.add_argument("--min-s", type=_non_negative_float, default=0.5, help="seconds of repeats per benchmark")
+    b.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's)")
+    b.add_argument("--quantized-engine", default=None, help="torch.backends.quantized.engine to use")
+    b.add_argument("--shapes", type=_shapes, default=[], help="model product shapes: RxIxC,...")
     return parser
 
 
@@ -102,7 +118,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Only the document goes to the real stdout; anything else printed meanwhile lands on stderr.
     real_stdout, sys.stdout = sys.stdout, sys.stderr
     try:
-        if args.command == "facts":
+        if args.command == "microbench":
+            doc, code = _microbench(args)
+        elif args.command == "facts":
             facts = facts_mod.collect(import_torch=True)
             doc = {"format": FACTS_FORMAT, "version": FACTS_VERSION, "facts": facts}
             code = 0
@@ -118,6 +136,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sys.stdout.write(json.dumps(doc, separators=(",", ":")) + "\n")
     sys.stdout.flush()
     return code
+
+
+def _microbench(args) -> tuple:
+    """(document, exit code): the micro-benchmarks, or ``{"error": ...}`` with exit 1 where torch cannot
+    run them (an onnxruntime-only board)."""
+    from devices.ondevice import microbench
+
+    try:
+        import torch
+    except Exception as exc:  # noqa: BLE001 - any import failure: no torch limits on this board
+        return {"format": microbench.FORMAT, "version": microbench.VERSION,
+                "error": f"torch is not importable here: {type(exc).__name__}: {exc}"}, 1
+    try:
+        return microbench.run(torch, model_shapes=args.shapes, min_s=args.min_s, threads=args.threads,
+                              quantized_engine=args.quantized_engine), 0
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: the controller stores why
+        return {"format": microbench.FORMAT, "version": microbench.VERSION,
+                "error": f"{type(exc).__name__}: {str(exc)[:300]}"}, 1
 
 
 if __name__ == "__main__":
