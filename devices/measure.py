@@ -181,3 +181,40 @@ def device_identity(device: Device | str, facts: dict) -> dict:
         basis["mem_total_bytes"] = round(basis["mem_total_bytes"] / MEM_ROUND_BYTES) * MEM_ROUND_BYTES
     digest = hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()
     return {"name": name, "fingerprint": digest[:12], **ident}
+
+
+#: The longest a device's micro-benchmarks may take (an emulated board's torch import included).
+MICROBENCH_TIMEOUT_S = 300.0
+
+
+def measure_limits(transport: Transport, device: Device, bundle: Bundle, protocol: Protocol, *,
+                   min_s: float, shapes: list | None = None) -> dict:
+    """The device's micro-benchmarks (``devices.ondevice.microbench``) with the protocol's threads and
+    quantized engine, at the large shape and at ``shapes`` (the model's). Returns the agent's document,
+    or ``{"error": ...}`` saying why there is none; never raises for a device that fails or lies."""
+    from devices.ondevice import microbench
+
+    protocol = effective_protocol(device, protocol)
+    try:
+        agent = ensure_bundle(transport, bundle)
+        argv = [*agent.agent_argv, "microbench", "--min-s", f"{min_s:g}"]
+        if protocol.threads:
+            argv += ["--threads", str(protocol.threads)]
+        if protocol.quantized_engine:
+            argv += ["--quantized-engine", protocol.quantized_engine]
+        if shapes:
+            argv += ["--shapes", ",".join("x".join(str(int(v)) for v in s) for s in shapes)]
+        result = transport.run(argv, timeout=MICROBENCH_TIMEOUT_S + 20 * min_s)
+    except DevicesError as exc:
+        return {"error": f"micro-benchmarks not run: {exc}"}
+    try:
+        doc = json.loads(result.stdout)
+    except ValueError:
+        tail = " | ".join(result.stderr.strip().splitlines()[-STDERR_TAIL_LINES:]) or "no output"
+        return {"error": f"the agent printed no micro-benchmarks (exit {result.exit_code}): {tail}"}
+    if not isinstance(doc, dict) or doc.get("format") != microbench.FORMAT or doc.get("version") != 1:
+        return {"error": "the agent printed something that is not an edgebench.microbench v1 document"}
+    if "error" in doc:
+        return {"error": str(doc["error"])[:500]}
+    problem = microbench.check(doc)
+    return {"error": f"implausible micro-benchmarks: {problem}"} if problem else doc

@@ -17,6 +17,8 @@ store = ".edgebench/results.sqlite"   # default: the state directory's results.s
 out_dir = "edgebench-out"        # reports go to <out_dir>/<run id>/
 seed = 0
 run_timeout_s = 21600            # the whole run (every device), seconds; at most 604800 (7 days)
+microbench_s = 0.5               # seconds per device micro-benchmark (harness.limits); 0: none; at most 60
+microbench_max_age_s = 3600      # reuse a device identity's micro-benchmarks this recent; 0: measure each run
 
 [protocol]                       # devices.ondevice.protocol.Protocol fields (each bounded: see its docstring)
 processes = 3
@@ -71,7 +73,10 @@ _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _PATH_KEYS = ("inventory", "budgets", "store", "out_dir")
 KEYS = ("version", "preset", "model_dir", "voice", "model", "model_config", "variants", "runtimes", "recipes",
         "devices",
-        *_PATH_KEYS, "seed", "run_timeout_s", "protocol")
+        *_PATH_KEYS, "seed", "run_timeout_s", "microbench_s", "microbench_max_age_s", "protocol")
+DEFAULT_MICROBENCH_S = 0.5
+MAX_MICROBENCH_S = 60.0
+DEFAULT_MICROBENCH_MAX_AGE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,8 @@ class Config:
     out_dir: Path = Path(DEFAULT_OUT_DIR)
     seed: int = 0
     run_timeout_s: float = DEFAULT_RUN_TIMEOUT_S
+    microbench_s: float = DEFAULT_MICROBENCH_S
+    microbench_max_age_s: float = DEFAULT_MICROBENCH_MAX_AGE_S
     protocol: Protocol = field(default_factory=Protocol)
     source: str = field(default="defaults", compare=False)
 
@@ -109,6 +116,7 @@ class Config:
             "variants": list(self.variants), "runtimes": list(self.runtimes),
             "recipes": {k: v for k, v in self.recipe_tables.items()},
             "devices": list(self.devices), "seed": self.seed, "run_timeout_s": self.run_timeout_s,
+            "microbench_s": self.microbench_s, "microbench_max_age_s": self.microbench_max_age_s,
             "protocol": proto,
         }
         for key in _PATH_KEYS:
@@ -229,6 +237,13 @@ def parse_config(data: Mapping[str, Any], source: str, base_dir: Path) -> Config
             raise ConfigError(source, "run_timeout_s", f"expected a number of seconds > 0 and <= "
                                                        f"{MAX_RUN_TIMEOUT_S:.0f} (7 days), got {t!r}")
         values["run_timeout_s"] = float(t)
+    for key, most in (("microbench_s", MAX_MICROBENCH_S), ("microbench_max_age_s", MAX_RUN_TIMEOUT_S)):
+        if key in data:
+            t = data[key]
+            if (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0
+                    or t > most):
+                raise ConfigError(source, key, f"expected seconds >= 0 and <= {most:.0f}, got {t!r}")
+            values[key] = float(t)
     values["protocol"] = _protocol(source, data.get("protocol", {}))
     return Config(**values)
 

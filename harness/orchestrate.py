@@ -21,6 +21,7 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -89,6 +90,40 @@ def round_order(variants: Sequence[str], round_index: int, seed: int) -> list[st
     return order
 
 
+@dataclass(frozen=True)
+class LimitsPlan:
+    """How each device's limits are measured in a run (``devices.measure.measure_limits``): ``min_s``
+    seconds per micro-benchmark (0: none), reused when the same identity measured them within
+    ``max_age_s``, at the model's product ``shapes``."""
+
+    min_s: float = 0.5
+    max_age_s: float = 3600.0
+    shapes: tuple = ()
+
+
+def device_limits(store: Store, run_id: str, device: Device, transport, bundle: Bundle, protocol: Protocol,
+                  identity: dict, plan: LimitsPlan) -> None:
+    """Store the device's micro-benchmarks for this run, once per device identity and run: kept if this
+    run has them (``--resume``), copied from a recent measurement of the same identity, else measured.
+    A device that cannot measure them stores why; its pairs are measured anyway."""
+    fingerprint = identity.get("fingerprint")
+    have = store.microbench(run_id).get(device.name)
+    if have is not None and have["device_identity"] == fingerprint and "error" not in have["doc"]:
+        return
+    if fingerprint and plan.max_age_s > 0:
+        since = (datetime.now(timezone.utc) - timedelta(seconds=plan.max_age_s)).isoformat()
+        recent = store.latest_microbench(fingerprint, since)
+        if recent is not None:
+            store.record_microbench(run_id, device.name, fingerprint, recent["doc"],
+                                    measured_at=recent["measured_at"], reused_from=recent["id"])
+            return
+    doc = device_measure.measure_limits(transport, device, bundle, protocol, min_s=plan.min_s,
+                                        shapes=[list(s) for s in plan.shapes])
+    if "error" in doc:
+        log.warning("device %s: %s", device.name, doc["error"])
+    store.record_microbench(run_id, device.name, fingerprint, doc)
+
+
 def measure_device(
     store: Store,
     run_id: str,
@@ -103,6 +138,7 @@ def measure_device(
     on_pair: Callable[[PairOutcome], None] | None = None,
     done: dict[str, int] | None = None,
     stop: _Stop | None = None,
+    limits: LimitsPlan | None = None,
 ) -> list[PairOutcome]:
     """Measure ``variants`` on one device interleaved: in rounds of one fresh process per variant, the
     order shuffled per round; every process is stored the moment it finishes.
@@ -163,6 +199,10 @@ def measure_device(
             if problem:
                 record_all(INELIGIBLE, f"{device.name}: {problem}", [variant])
         variants = [v for v in variants if not health.runtime_problem(split_measured(v)[1])]
+        if limits is not None and limits.min_s > 0 and variants and not health.runtime_problem("torch"):
+            device_limits(store, run_id, device, transport, bundle, protocol, identity, limits)
+            if stop.is_set():
+                return outcomes
         one = dataclasses.replace(
             protocol, processes=1, timeout_s=max(1.0, protocol.timeout_s / max(1, planned))
         )
@@ -339,6 +379,7 @@ def measure_all(
     state_dir: Path,
     on_pair: Callable[[PairOutcome], None] | None = None,
     progress: dict[tuple[str, str], int] | None = None,
+    limits: LimitsPlan | None = None,
 ) -> list[PairOutcome]:
     """Measure every pair: devices in parallel, each device's variants interleaved. ``progress`` holds the
     processes already stored of half-measured pairs (``Store.partial_progress``): they are completed.
@@ -390,7 +431,7 @@ def measure_all(
             with labgrid.borrowed(device, owner=owner) as board:
                 measure_device(
                     store, run_id, board, artifacts, variants, protocol, known_hosts, deadline, bundle,
-                    state_dir, note, done, stop,
+                    state_dir, note, done, stop, limits,
                 )
         except labgrid.PlaceBusy as exc:
             record_rest(BUSY, f"{device.name}: {exc}", _identity(device, None))

@@ -190,6 +190,7 @@ def execute(request: RunRequest, *, show_progress: bool = True) -> RunResult:
             state_dir=state,
             on_pair=lambda o: progress.advance(task, f"{o.device}/{o.variant}: {o.status}"),
             progress=store.partial_progress(run_id) if request.resume else None,
+            limits=orchestrate.LimitsPlan(cfg.microbench_s, cfg.microbench_max_age_s, _model_shapes(built)),
         )
         complete = not store.missing_pairs(run_id)
         store.finish_run(run_id, "complete" if complete else "incomplete")
@@ -219,6 +220,16 @@ def execute(request: RunRequest, *, show_progress: bool = True) -> RunResult:
         store=str(store.location),
         released=tuple(released),
     )
+
+
+def _model_shapes(built) -> tuple:
+    """The model's largest matrix-product shapes (the first artifact's counted work), for the device
+    micro-benchmarks; none when the work was not counted."""
+    for b in built:
+        shapes = (b.manifest.get("work") or {}).get("top_shapes")
+        if shapes:
+            return tuple(tuple(int(v) for v in s) for s in shapes)
+    return ()
 
 
 def _configure(request: RunRequest):

@@ -14,7 +14,7 @@ def test_a_bug_for_one_device_keeps_what_it_recorded_and_fails_only_the_rest(tmp
                              variants=["a", "b", "c"], devices=["local"])
 
     def crashes_after_one(store, run_id, device, artifacts, variants, *args):
-        on_pair = args[-3]   # (..., on_pair, done, stop)
+        on_pair = args[-4]   # (..., on_pair, done, stop, limits)
         identity = {"name": device.name}
         store.record_attempt(run_id, device.name, identity, "a", "failed", "device said no", None)
         on_pair(orchestrate.PairOutcome(device.name, "a", "failed", "device said no"))

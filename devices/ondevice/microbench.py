@@ -165,3 +165,18 @@ def run(torch, *, model_shapes: Sequence[Tuple[int, int, int]] = (), min_s: floa
     }
     doc["seconds"] = clock() - t0
     return doc
+
+
+def check(doc: Dict[str, Any]) -> Optional[str]:
+    """None when a document's bounds are usable (each a positive finite median with n >= 1 and q1 <= median
+    <= q3), else what is wrong: a board that prints nonsense gets no roofline rather than a false one."""
+    for key in ("matmul_fp32", "matmul_int8", "copy", "dispatch"):
+        entry = doc.get(key)
+        if not isinstance(entry, dict):
+            return f"{key} is missing"
+        med, q1, q3, n = (entry.get(k) for k in ("median", "q1", "q3", "n"))
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (med, q1, q3, n)):
+            return f"{key} lacks its median, quartiles or n"
+        if not (0 < med < float("inf")) or n < 1 or not (q1 <= med <= q3):
+            return f"{key}: median {med!r}, quartiles {q1!r}..{q3!r}, n {n!r}"
+    return None
