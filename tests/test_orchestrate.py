@@ -125,7 +125,7 @@ def test_a_place_busy_for_the_whole_wait_is_recorded_busy_and_the_others_measure
 
     def measure_device(store, run_id, device, artifacts, variants, *args):
         measured.append((device.name, device.host, device.port))
-        on_pair = args[-3]
+        on_pair = args[-4]
         for v in variants:
             store.record_attempt(run_id, device.name, {"name": device.name}, v, "ok", None, None)
             on_pair(orchestrate.PairOutcome(device.name, v, "ok"))
@@ -158,7 +158,7 @@ def test_an_interrupt_stops_every_device_records_nothing_cut_short_and_is_raised
     saw_stop = []
 
     def measure_device(store, run_id, device, artifacts, variants, *args):
-        stop = args[-1]
+        stop = args[-2]
         signal.pthread_kill(main, signal.SIGUSR1)   # Ctrl-C lands in the main thread while we measure
         for _ in range(500):                          # measuring until told to stop (bounded: 10 s)
             if stop.is_set():
