@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, Mapping
 
 COMPUTE, MEMORY, DISPATCH = "compute-bound", "memory-bound", "dispatch-bound"
+#: Below this share of the measured time, the bound is named but said not to explain the time.
+UNEXPLAINED_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -98,24 +100,30 @@ class Placement:
         return {"int8": int8, "pruning": prune, "runtime": runtime}
 
     def sentence(self, variant: str, bounds: Bounds) -> str:
-        return (f"{variant} {self.stage}: {self.bound} ({self.reason()}); "
-                f"{self.achieved_mac_per_s / 1e9:.2f} GMAC/s, {self.fraction_of_peak(bounds):.0%} of the "
+        text = (f"{variant} {self.stage}: {self.bound} ({self.reason()}); "
+                f"{self.achieved_mac_per_s / 1e9:.2f} GMAC/s, {self.fraction_of_peak(bounds):.1%} of the "
                 f"{'int8' if self.int8 else 'fp32'} peak")
+        if self.share < UNEXPLAINED_SHARE:
+            text += (f"; that bound explains only {self.share:.0%} of the time: the rest is neither peak "
+                     "arithmetic, weight traffic nor call overhead (small products far below the peak, "
+                     "element-wise work)")
+        return text
 
 
-def place(stage: str, *, seconds: float, macs: int, ops: int, weight_bytes: int, bounds: Bounds,
+def place(stage: str, *, seconds: float, macs: int, ops: int | None, weight_bytes: int, bounds: Bounds,
           int8: bool = False) -> Placement:
-    """The stage against the bounds (``seconds`` > 0: the stage's measured time for this work)."""
+    """The stage against the bounds (``seconds`` > 0: the stage's measured time for this work). ``ops``
+    None: the runtime's operator calls are unknown (no dispatch floor)."""
     if seconds <= 0:
         raise ValueError(f"{stage}: measured seconds must be positive, got {seconds!r}")
     peak = bounds.mac_per_s_int8 if int8 else bounds.mac_per_s_fp32
     floors = {
         COMPUTE: macs / peak,
         MEMORY: weight_bytes / bounds.bytes_per_s,
-        DISPATCH: ops * bounds.s_per_op,
+        DISPATCH: (ops or 0) * bounds.s_per_op,
     }
     bound = max(floors, key=lambda k: floors[k])
-    return Placement(stage, seconds, int(macs), int(ops), int(weight_bytes), int8, floors, bound,
+    return Placement(stage, seconds, int(macs), int(ops or 0), int(weight_bytes), int8, floors, bound,
                      floors[bound] / seconds)
 
 

@@ -27,7 +27,7 @@ def test_repeat_times_until_min_s_and_min_reps_within_max_reps():
 
 
 def test_the_device_limits_are_medians_with_spread_and_n():
-    doc = microbench.run(torch, model_shapes=[(3, 32, 96)], min_s=0.05, clock=fake_clock(0.01))
+    doc = microbench.run(torch, model_shapes=[(3, 32, 96)], min_s=0.045, clock=fake_clock(0.01))
     rows, inner, cols = microbench.LARGE_SHAPE
     fp32 = doc["matmul_fp32"]
     assert fp32["median"] == pytest.approx(rows * inner * cols / 0.01)
@@ -40,6 +40,22 @@ def test_the_device_limits_are_medians_with_spread_and_n():
     assert (doc["format"], doc["version"]) == (microbench.FORMAT, microbench.VERSION)
     bounds = Bounds.from_microbench(doc)
     assert bounds.s_per_op == pytest.approx(5e-6)
+
+
+def test_a_slow_board_gets_a_smaller_large_shape_and_says_which():
+    # every call takes 1 s: the product is halved until the smallest allowed shape
+    doc = microbench.run(torch, min_s=0.0, clock=fake_clock(1.0))
+    assert doc["matmul_fp32"]["shape"] == [16, microbench.LARGE_SHAPE[1], 64]
+    # every call takes 10 ms: the large shape stays
+    assert microbench.large_shape(torch, clock=fake_clock(0.01)) == microbench.LARGE_SHAPE
+
+
+def test_a_document_with_nonsense_bounds_is_refused():
+    good = microbench.run(torch, min_s=0.0, clock=fake_clock(0.01))
+    assert microbench.check(good) is None
+    assert "copy" in microbench.check({**good, "copy": {"median": -1.0, "q1": -1.0, "q3": -1.0, "n": 3}})
+    assert "dispatch is missing" == microbench.check({k: v for k, v in good.items() if k != "dispatch"})
+    assert "quartiles" in microbench.check({**good, "matmul_int8": {"median": 5.0, "n": 3}})
 
 
 def test_the_real_limits_are_positive_on_this_machine():
