@@ -24,6 +24,8 @@ latency_p90_ms_short = 600
 min_ratio = 1.05                # smallest slowdown (ratio of medians) worth failing for
 alpha = 0.01                    # one-sided Mann-Whitney U significance level
 min_samples = 10                # fewer samples on either side: no verdict for that class
+device_drift = "regressed"      # a regression attributed to device drift (harness.attribution) stays
+                                # "regressed" (exit 1), or is "disturbed" (exit 2: measure again)
 ```
 
 Budget names and units come from the metric registry (``harness.vocabulary``: ``Metric.budget_key``,
@@ -59,9 +61,16 @@ class RegressionSettings:
     min_ratio: float = 1.05
     alpha: float = 0.01
     min_samples: int = 10
+    device_drift: str = "regressed"     # DEVICE_DRIFT_VERDICTS: what a regression the device explains becomes
 
     def to_dict(self) -> dict:
-        return {"min_ratio": self.min_ratio, "alpha": self.alpha, "min_samples": self.min_samples}
+        return {"min_ratio": self.min_ratio, "alpha": self.alpha, "min_samples": self.min_samples,
+                "device_drift": self.device_drift}
+
+
+#: What a regression attributed to device drift can become: still "regressed" (the default: the exit code
+#: rules do not change), or "disturbed" (exit 2: the board, not the model, needs attention; measure again).
+DEVICE_DRIFT_VERDICTS = ("regressed", "disturbed")
 
 
 @dataclass(frozen=True)
@@ -220,7 +229,12 @@ def _regression(source: str, table: Any) -> RegressionSettings:
         elif key == "min_samples":
             if isinstance(value, bool) or not isinstance(value, int) or value < 2:
                 raise ConfigError(source, where, "expected an integer >= 2")
+        elif key == "device_drift":
+            if value not in DEVICE_DRIFT_VERDICTS:
+                raise ConfigError(source, where, f"expected one of {', '.join(DEVICE_DRIFT_VERDICTS)}, "
+                                                 f"got {value!r}")
         else:
-            raise ConfigError(source, where, "unknown key; expected min_ratio, alpha or min_samples")
+            raise ConfigError(source, where, "unknown key; expected min_ratio, alpha, min_samples or "
+                                             "device_drift")
         values[key] = value
     return RegressionSettings(**values)

@@ -141,7 +141,10 @@ def evaluate(
                             f"{u.error or 'no detail'}); allowed by --allow-unmeasured")
 
     regression = detect(store, run_id, baseline, budgets.regression, seed=seed)
-    comparisons, baseline_disturbances = _disturbed_comparisons(store, regression.comparisons, disturbed)
+    attributed = _attributed(store, run_id, regression.comparisons)
+    comparisons, baseline_disturbances = _disturbed_comparisons(store, attributed, disturbed)
+    if budgets.regression.device_drift == vocab.DISTURBED:
+        comparisons = [_drift_disturbed(c) for c in comparisons]
     disturbances = [Disturbance(run_id, d, v, r) for (d, v), r in disturbed.items()] + baseline_disturbances
 
     found = [vocab.COULD_NOT_MEASURE] if measured == 0 or any(not u.allowed for u in unmeasured) else []
@@ -198,6 +201,48 @@ def _disturbed_pairs(summary: pd.DataFrame) -> dict[_Pair, str]:
             if reason not in reasons:
                 reasons.append(reason)
     return {pair: "; ".join(reasons) for pair, reasons in out.items()}
+
+
+def _attributed(store: Store, run_id: str, comparisons: list[Comparison]) -> list[Comparison]:
+    """The comparisons with each regression attributed to device drift or the model
+    (``harness.attribution``), from the devices' micro-benchmarks in this run and in each baseline run."""
+    from harness import roofline
+    from harness.attribution import attribute
+
+    def bounds(rid: str) -> dict:
+        out = {}
+        for device, row in store.microbench(rid).items():
+            try:
+                out[device] = roofline.Bounds.from_microbench(row["doc"])
+            except ValueError:
+                pass
+        return out
+
+    now = bounds(run_id)
+    before: dict[str, dict] = {}
+    drift: dict[str, dict | None] = {}
+    for c in comparisons:
+        if c.verdict != vocab.REGRESSED or c.device in drift:
+            continue
+        if c.baseline_run_id not in before:
+            before[c.baseline_run_id] = bounds(c.baseline_run_id)
+        a, b = now.get(c.device), before[c.baseline_run_id].get(c.device)
+        drift[c.device] = roofline.drift(a, b) if a is not None and b is not None else None
+    found = attribute(comparisons, drift)
+    return [Comparison(**{**c.to_dict(), "attribution": found[i].kind,
+                          "attribution_evidence": found[i].evidence})
+            if i in found else c for i, c in enumerate(comparisons)]
+
+
+def _drift_disturbed(c: Comparison) -> Comparison:
+    """``[regression] device_drift = "disturbed"``: a regression the device explains is "disturbed" (exit 2,
+    measure again on a healthy board) instead of "regressed"."""
+    from harness.attribution import DEVICE_DRIFT
+
+    if c.verdict != vocab.REGRESSED or c.attribution != DEVICE_DRIFT:
+        return c
+    return Comparison(**{**c.to_dict(), "verdict": vocab.DISTURBED,
+                         "disturbed": f"device drift: {c.attribution_evidence}"})
 
 
 def _disturbed_comparisons(

@@ -102,6 +102,10 @@ class Comparison:
     verdict: str  # a harness.vocabulary.COMPARISON_VERDICTS key
     normalized: bool = False
     disturbed: str | None = None
+    #: For a regression: ``harness.attribution``'s "device_drift", "model_regression" or "unattributed",
+    #: and the evidence (None for comparisons that are not regressions, and in verdicts stored before).
+    attribution: str | None = None
+    attribution_evidence: str | None = None
 
     def __post_init__(self) -> None:
         for f in ("baseline_median", "candidate_median", "ratio", "ci_low", "ci_high", "p_value"):
@@ -364,4 +368,6 @@ def comparison_text(c: Comparison) -> str:
     if c.ci_low is not None and c.ci_high is not None:
         text += f" (95 % CI {c.ci_low:.2f}–{c.ci_high:.2f}"
         text += f", p = {c.p_value:.2g})" if c.p_value is not None else ")"
+    if c.attribution:
+        text += f"; {c.attribution.replace('_', ' ')}: {c.attribution_evidence}"
     return text

@@ -33,8 +33,10 @@ def disturb(record, reason="other processes had 40 % of the CPU"):
 
 
 def add_run(st, *, seed=0, slowdown=None, rss=None, statuses=None, devices=("pi4-a",), manifests=None,
-            classes=("short", "medium", "long"), budgets=None, disturbed=(), budget_class=None, config=None):
-    """One run; per-variant slowdown / peak RSS / attempt status (None: no attempt at all) / disturbed.
+            classes=("short", "medium", "long"), budgets=None, disturbed=(), budget_class=None, config=None,
+            device_slowdown=None):
+    """One run; per-variant slowdown / peak RSS / attempt status (None: no attempt at all) / disturbed;
+    ``device_slowdown``: a further factor per device (every variant on it).
 
     ``budget_class``: stored in every attempt's identity (as the orchestrator records it); None: the
     identity has no ``budget_class`` key (a run stored before classes were recorded).
@@ -50,7 +52,8 @@ def add_run(st, *, seed=0, slowdown=None, rss=None, statuses=None, devices=("pi4
                 continue
             record = None
             if status in ("ok", "failed"):
-                record = make_record(v, samples_per_class=45, seed=seed, slowdown=slowdown.get(v, 1.0),
+                factor = slowdown.get(v, 1.0) * (device_slowdown or {}).get(d, 1.0)
+                record = make_record(v, samples_per_class=45, seed=seed, slowdown=factor,
                                      peak_rss_bytes=rss.get(v, 312_000_000), classes=classes, status=status)
                 if v in disturbed:
                     disturb(record)
