@@ -36,12 +36,13 @@ class Bounds:
     s_per_op: float
 
     @classmethod
-    def from_microbench(cls, doc: Mapping[str, Any]) -> Bounds:
-        """From ``devices.ondevice.microbench.run``'s document (the medians)."""
+    def from_microbench(cls, doc: Mapping[str, Any], statistic: str = "median") -> Bounds:
+        """From ``devices.ondevice.microbench.run``'s document: the per-call medians (what the hardware can
+        do: the roofline), or ``statistic="sustained"`` (what it did over the whole window: drift)."""
         def median(key: str) -> float:
-            value = (doc.get(key) or {}).get("median")
+            value = (doc.get(key) or {}).get(statistic)
             if not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"microbench: {key} has no positive median")
+                raise ValueError(f"microbench: {key} has no positive {statistic}")
             return float(value)
 
         return cls(median("matmul_fp32"), median("matmul_int8"), median("copy"), median("dispatch"))

@@ -9,7 +9,9 @@ Three numbers bound how fast a stage can run on a board with a runtime:
   nothing, so their time is the runtime's cost of one call (Python, dispatcher, allocation).
 
 Each is timed in repeats until ``min_s`` seconds have passed (at least ``min_reps``, at most
-``max_reps``), and reported as the median with the spread (quartiles) and ``n``. Pure logic; the clock
+``max_reps``), and reported as the median with the spread (quartiles) and ``n``, and as the ``sustained``
+value over the whole window (total work / total time): a board throttled in bursts (a CPU quota, thermal
+cycling) keeps its per-call median, not its sustained rate. Pure logic; the clock
 is injectable (tests use a fake one). Runs on the device: standard library + torch, Python 3.8+.
 """
 
@@ -62,9 +64,10 @@ def rate(work: float, times: Sequence[float], unit: str) -> Dict[str, Any]:
     """``work`` per call over each call's seconds: median and quartiles of the rate, n."""
     rates = [work / t for t in times if t > 0]
     if not rates:
-        return {"unit": unit, "n": 0, "median": None, "q1": None, "q3": None}
+        return {"unit": unit, "n": 0, "median": None, "q1": None, "q3": None, "sustained": None}
     q1, med, q3 = _quartiles(rates)
-    return {"unit": unit, "n": len(rates), "median": med, "q1": q1, "q3": q3}
+    sustained = work * len(rates) / sum(t for t in times if t > 0)
+    return {"unit": unit, "n": len(rates), "median": med, "q1": q1, "q3": q3, "sustained": sustained}
 
 
 def matmul(torch, shape: Tuple[int, int, int], *, int8: bool = False, min_s: float = 0.5,
@@ -118,7 +121,8 @@ def dispatch(torch, calls: int = DISPATCH_CALLS, *, min_s: float = 0.5,
         times = repeat(loop, min_s=min_s, clock=clock)
     per_call = [t / calls for t in times]
     q1, med, q3 = _quartiles(per_call)
-    return {"unit": "s/op", "n": len(per_call), "median": med, "q1": q1, "q3": q3, "calls": calls}
+    return {"unit": "s/op", "n": len(per_call), "median": med, "q1": q1, "q3": q3, "calls": calls,
+            "sustained": sum(per_call) / len(per_call)}
 
 
 def large_shape(torch, max_call_s: float = MAX_CALL_S, clock: Callable[[], float] = time.perf_counter
