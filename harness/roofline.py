@@ -83,6 +83,10 @@ class Placement:
                 f"{self.floors[MEMORY] * 1e3:.1f} ms of {ms:.1f} ms")
 
     def predictions(self, bounds: Bounds) -> Dict[str, str]:
+        if self.share < UNEXPLAINED_SHARE:
+            unclear = (f"unclear: its bound explains only {self.share:.0%} of its time, so what limits it is "
+                       "not measured here")
+            return {"int8": unclear, "pruning": unclear, "runtime": unclear}
         int8_faster = bounds.mac_per_s_int8 > bounds.mac_per_s_fp32
         if self.bound == COMPUTE:
             int8 = ("faster: int8 products run at "

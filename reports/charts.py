@@ -492,3 +492,39 @@ def trends(data: ReportData) -> Optional[str]:
         ticks = list(range(len(runs)))
         axes[-1].set_xticks(ticks, [label(r) for r in runs], rotation=30, ha="right", fontsize=8)
         return _to_svg(fig, "Nightly trend of the headline latency")
+
+
+def roofline(data: ReportData, device: str) -> Optional[str]:
+    """Achieved MAC rate against MACs per operator call, log-log, with the device's two roofs: the
+    dispatch roof (a call's overhead caps the rate at MACs-per-call / seconds-per-call: the diagonal) and
+    the compute roofs (the fp32 and int8 matrix-product peaks: the horizontals). A point near the diagonal
+    spends its time in calls, one near a horizontal in arithmetic."""
+    phases = [p for p in data.phases_of(device) if p.ops_counted and p.placement.ops > 0 and p.placement.macs]
+    bounds = data.explanation.bounds.get(device) if data.explanation is not None else None
+    if not phases or bounds is None:
+        return None
+    colours = variant_colours(data.variant_names)
+    with matplotlib.rc_context(_rc()):
+        fig = Figure(figsize=(12.5, 4.8))
+        ax = fig.subplots()
+        xs = [p.placement.macs / p.placement.ops for p in phases]
+        lo, hi = min(xs) / 10, max(max(xs) * 10, bounds.mac_per_s_int8 * bounds.s_per_op * 3)
+        grid = [lo * (hi / lo) ** (i / 60) for i in range(61)]
+        roofs = ((bounds.mac_per_s_fp32, "fp32", "-"), (bounds.mac_per_s_int8, "int8", "--"))
+        for peak, name, style in roofs:
+            ax.plot(grid, [min(peak, x / bounds.s_per_op) for x in grid], color=MUTED, linestyle=style,
+                    linewidth=1.3, label=f"{name} roof: {peak / 1e9:.1f} GMAC/s peak, "
+                                         f"{bounds.s_per_op * 1e6:.1f} µs per call")
+        marker = {"acoustic": "o", "vocoder": "s"}
+        for p, x in zip(phases, xs):
+            ax.scatter([x], [p.placement.achieved_mac_per_s], s=80, marker=marker.get(p.phase, "o"),
+                       color=colours.get(p.variant, PALETTE[0]), edgecolors="white", linewidths=1.0, zorder=3)
+        _annotate(ax, [(f"{p.variant} {p.phase}", x, p.placement.achieved_mac_per_s)
+                       for p, x in zip(phases, xs)])
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("multiply-accumulates per operator call (counted)")
+        ax.set_ylabel("achieved MAC/s")
+        ax.set_title(f"Each phase against {device}'s measured limits (○ acoustic, □ vocoder)")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8.5)
+        return _to_svg(fig, f"Roofline of {device}: achieved rate against work per call")

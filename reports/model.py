@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Tuple
 
 from harness import results
+from harness.explain import check_predictions, explain
 from harness.verdict import Comparison, Verdict, read_verdict
 from harness.vocabulary import BUDGET_METRICS, LENGTH_CLASSES, METRICS, latency_key
 
@@ -233,6 +234,20 @@ class ReportData:
     model_source: Mapping[str, Any] = field(default_factory=dict)  # the original's manifest "source"
     processes: Tuple[ProcessInfo, ...] = ()  # every measured process, with its interference
     runtime_agreement: Tuple[RuntimeAgreement, ...] = ()  # one per onnxruntime artifact of the run
+    #: Each phase against its device's measured limits (``harness.explain``); None: not explained
+    explanation: Optional[Any] = None
+    prediction_checks: Tuple[Any, ...] = ()  # harness.explain.PredictionCheck
+
+    def phases_of(self, device: str) -> Tuple[Any, ...]:
+        """The explained phases of a device (``harness.explain.PhaseExplanation``), variants in order."""
+        if self.explanation is None:
+            return ()
+        order = {v: i for i, v in enumerate(self.variant_names)}
+        return tuple(sorted((p for p in self.explanation.phases if p.device == device),
+                            key=lambda p: (order.get(p.variant, len(order)), p.phase)))
+
+    def checks_of(self, device: str) -> Tuple[Any, ...]:
+        return tuple(c for c in self.prediction_checks if c.device == device)
 
     def processes_of(self, device: str) -> Tuple[ProcessInfo, ...]:
         return tuple(p for p in self.processes if p.device == device)
@@ -312,6 +327,7 @@ def load_report_data(store, run_id: str) -> ReportData:
     effective = {key: a["status"] for key, a in effective_attempts.items()}
     identities = {device: dict(a.get("identity") or {}) for (device, _), a in effective_attempts.items()}
     budgets = verdict.budgets if verdict is not None else (meta.get("budgets") or {})
+    explanation = explain(store, run_id)
     return ReportData(
         run=run,
         verdict=verdict,
@@ -325,6 +341,8 @@ def load_report_data(store, run_id: str) -> ReportData:
         model_source=_model_source(store.artifacts(run_id)),
         processes=tuple(_processes(effective_attempts)),
         runtime_agreement=tuple(_runtime_agreement(store.artifacts(run_id))),
+        explanation=explanation,
+        prediction_checks=tuple(check_predictions(explanation)),
     )
 
 

@@ -200,6 +200,12 @@ def _device_charts(data: ReportData, device: str) -> Tuple[Tuple[str, Markup], .
             charts.pareto,
         ),
         (
+            "Roofline: each phase's achieved rate against the multiply-accumulates it does per operator "
+            "call, under this device's measured limits (micro-benchmarks of this run). Near the diagonal: "
+            "the calls take the time; near a horizontal: the arithmetic does.",
+            charts.roofline,
+        ),
+        (
             "Resident memory of one process per variant, polled from outside every 0.25 s (the high-water "
             "mark between polls is in the peak RSS), with the phases marked.",
             charts.memory_timelines,

@@ -58,6 +58,17 @@ def test_a_board_whose_throughput_halved_is_device_drift_not_a_model_regression(
     assert {c.variant for c in slower} == {"original", "quantized"}, second.verdict.comparisons
     assert {c.attribution for c in slower} == {DEVICE_DRIFT}
     assert all("own micro-benchmarks moved" in c.attribution_evidence for c in slower)
+    # the first run explained: tiny's acoustic model makes thousands of tiny calls; the report says so
+    from harness import explain
+    from harness.roofline import DISPATCH
+    from reports.render import render_run
+
+    with Store(tmp_path / "results.sqlite") as store:
+        exp = explain.explain(store, first.run_id)
+        html = render_run(store, first.run_id, tmp_path / "report").read_text()
+    assert exp.missing == [] and len(exp.phases) == 4
+    assert exp.of("local", "original", "acoustic").placement.bound == DISPATCH
+    assert "Why these times" in html and "Roofline of local" in html and "dispatch-bound" in html
     # the gate's exit rules are unchanged: a slowdown is still a failure (or, where the interference probe
     # saw the worker lose its CPU, "disturbed": measure again)
     assert second.verdict.outcome in ("regressed", "disturbed") and second.verdict.exit_code in (1, 2)
