@@ -28,6 +28,12 @@ check on disturbed data is "disturbed", a passed one stays a pass (an upper boun
 noted, and a regression where either side was disturbed is "disturbed". Size and quality checks do not
 depend on it.
 
+Attribution (``harness.attribution``): every regression carries whether device drift (the board's own
+micro-benchmarks moved by what the variant lost, or every variant on it slowed alike while other boards did
+not) or the model (one variant slower on several boards, or on a board whose limits held) explains it, with
+the evidence. It does not change the outcome unless ``[regression] device_drift = "disturbed"`` in the
+budgets: then a regression the device explains is "disturbed" (exit 2, measure again), not "regressed".
+
 Device budget classes come from the store only: ``budget_class`` in each attempt's identity; for runs
 stored before classes were recorded, an explicit ``device_classes`` mapping, else the inventory file the
 run's stored configuration names (with a warning).
