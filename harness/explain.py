@@ -19,6 +19,7 @@ micro-benchmarks, is left out with the reason in ``Explanation.missing``: never 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -135,6 +136,7 @@ def _phase(device, variant, phase, df, entry, bounds, int8, scale) -> PhaseExpla
     weight = 0.0
     per_stage_ops: dict[str, float] = {}
     per_stage_macs: dict[str, float] = {}
+    shapes: dict[tuple, float] = {}
     n = frames = 0
     ops_counted = True
     for row in df.to_dict("records"):
@@ -153,6 +155,9 @@ def _phase(device, variant, phase, df, entry, bounds, int8, scale) -> PhaseExpla
             if s in work:
                 per_stage_ops[s] = per_stage_ops.get(s, 0) + (work[s]["ops"] or 0)
                 per_stage_macs[s] = per_stage_macs.get(s, 0) + work[s]["macs"]
+                for shape in work[s].get("shapes") or []:
+                    key = tuple(int(v) for v in shape[:3])
+                    shapes[key] = shapes.get(key, 0.0) + shape[3]
         macs += m
         ops += o
         secs += seconds
@@ -163,7 +168,8 @@ def _phase(device, variant, phase, df, entry, bounds, int8, scale) -> PhaseExpla
     if n == 0 or secs <= 0:
         return None
     placement = roofline.place(phase, seconds=secs, macs=int(macs), ops=int(ops) if ops_counted else None,
-                               weight_bytes=int(weight), bounds=bounds, int8=int8)
+                               weight_bytes=int(weight), bounds=bounds, int8=int8,
+                               shapes=[[*k, v] for k, v in shapes.items()])
     q1, med, q3 = (float(v) for v in np.percentile(rates, [25, 50, 75]))
     key = per_stage_ops if ops_counted and any(per_stage_ops.values()) else per_stage_macs
     dominant = max(key, key=lambda s: key[s]) if key else phase
@@ -179,6 +185,10 @@ CHANGES = (("quantized", "original", "int8"), ("pruned", "original", "pruning"),
            ("pruned+quantized", "pruned", "int8"))
 
 
+#: A predicted speed-up matches the measured one within this factor.
+PREDICTION_TOLERANCE = 1.15
+
+
 @dataclass(frozen=True)
 class PredictionCheck:
     device: str
@@ -191,12 +201,17 @@ class PredictionCheck:
     expect_faster: bool | None  # None: "about the same"
     speedup: float              # the parent's seconds per frame / the variant's (> 1: faster)
     matched: bool
+    #: The speed-up the counted work predicts: the parent's time per frame, with its compute and dispatch
+    #: floors replaced by the variant's (the unexplained rest assumed unchanged); None without call counts
+    predicted_speedup: float | None = None
 
     def sentence(self) -> str:
         verdict = "matched" if self.matched else "did not match"
+        figure = (f"; its counted work predicted {self.predicted_speedup:.2f}x"
+                  if self.predicted_speedup is not None else "")
         return (f"{self.device} {self.phase}, {self.change} ({self.parent} -> {self.variant}): the "
-                f"{self.bound} {self.parent} predicted \"{self.predicted}\"; measured {self.speedup:.2f}x "
-                f"the speed: {verdict}")
+                f"{self.bound} {self.parent} predicted \"{self.predicted}\"{figure}; measured "
+                f"{self.speedup:.2f}x the speed: {verdict}")
 
 
 def check_predictions(exp: Explanation, *, tolerance: float = 0.05) -> list[PredictionCheck]:
@@ -214,18 +229,40 @@ def check_predictions(exp: Explanation, *, tolerance: float = 0.05) -> list[Pred
                 continue
             if change == "int8" and child.placement.int8 == parent_exp.placement.int8:
                 continue   # this phase is not the one the variant quantizes
+            if change == "pruning" and _weights_per_sample(child) == _weights_per_sample(parent_exp):
+                continue   # this phase is not the one the variant prunes
             text = parent_exp.placement.predictions(parent_exp.bounds)[change]
             if text.startswith("unclear"):
                 continue   # nothing was predicted: nothing to hold against the run
             expect = True if text.startswith("faster") else None if text.startswith("about") else False
             speedup = parent_exp.seconds_per_frame / child.seconds_per_frame
-            if expect is True:
+            predicted = _predicted_speedup(parent_exp, child)
+            if predicted is not None:
+                matched = abs(math.log(speedup / predicted)) <= math.log(PREDICTION_TOLERANCE)
+            elif expect is True:
                 matched = speedup > 1 + tolerance
             elif expect is False:
                 matched = speedup <= 1 + tolerance
             else:
                 matched = abs(speedup - 1) <= tolerance
             out.append(PredictionCheck(parent_exp.device, parent_exp.phase, change, parent, variant,
-                                       parent_exp.placement.bound, text, expect, speedup, matched))
+                                       parent_exp.placement.bound, text, expect, speedup, matched, predicted))
     return out
 
+
+def _weights_per_sample(p: PhaseExplanation) -> float:
+    return p.placement.weight_bytes / max(1, p.n)
+
+
+def _floors_per_frame(p: PhaseExplanation) -> float:
+    return (p.placement.floors[roofline.COMPUTE] + p.placement.floors[roofline.DISPATCH]) / max(1, p.frames)
+
+
+def _predicted_speedup(parent: PhaseExplanation, child: PhaseExplanation) -> float | None:
+    """The parent's seconds per frame over the variant's as its counted work predicts it: the parent's
+    measured time with its compute and dispatch floors (additive: every call pays its overhead and its
+    arithmetic) exchanged for the variant's; what neither floor explains is assumed unchanged."""
+    if not (parent.ops_counted and child.ops_counted):
+        return None
+    predicted = parent.seconds_per_frame - _floors_per_frame(parent) + _floors_per_frame(child)
+    return parent.seconds_per_frame / predicted if predicted > 0 else None

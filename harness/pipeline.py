@@ -222,14 +222,20 @@ def execute(request: RunRequest, *, show_progress: bool = True) -> RunResult:
     )
 
 
+#: The most model shapes the device micro-benchmarks time (about 0.25 s each at the default microbench_s).
+MAX_MODEL_SHAPES = 12
+
+
 def _model_shapes(built) -> tuple:
-    """The model's largest matrix-product shapes (the first artifact's counted work), for the device
-    micro-benchmarks; none when the work was not counted."""
+    """The busiest matrix-product shapes of every variant's counted work (pruning changes them), for the
+    device micro-benchmarks; none when the work was not counted."""
+    shapes: list = []
     for b in built:
-        shapes = (b.manifest.get("work") or {}).get("top_shapes")
-        if shapes:
-            return tuple(tuple(int(v) for v in s) for s in shapes)
-    return ()
+        for s in (b.manifest.get("work") or {}).get("top_shapes") or []:
+            shape = tuple(int(v) for v in s)
+            if shape not in shapes:
+                shapes.append(shape)
+    return tuple(shapes[:MAX_MODEL_SHAPES])
 
 
 def _configure(request: RunRequest):

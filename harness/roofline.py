@@ -18,8 +18,8 @@ bounds; a runtime with fewer, fused calls (ONNX Runtime) helps a dispatch-bound 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Sequence
 
 COMPUTE, MEMORY, DISPATCH = "compute-bound", "memory-bound", "dispatch-bound"
 #: Below this share of the measured time, the bound is named but said not to explain the time.
@@ -34,6 +34,15 @@ class Bounds:
     mac_per_s_int8: float
     bytes_per_s: float
     s_per_op: float
+    #: (rows, inner, columns) -> (fp32, int8) MAC/s measured at the model's own product shapes
+    shape_rates: Mapping[tuple, tuple] = field(default_factory=dict, compare=False)
+
+    def rate(self, shape: Sequence[int] | None, int8: bool) -> float:
+        """MAC/s of a product of ``shape`` (the measured rate at that shape, else the peak)."""
+        known = self.shape_rates.get(tuple(shape)) if shape is not None else None
+        if known is not None and known[1 if int8 else 0]:
+            return known[1 if int8 else 0]
+        return self.mac_per_s_int8 if int8 else self.mac_per_s_fp32
 
     @classmethod
     def from_microbench(cls, doc: Mapping[str, Any], statistic: str = "median") -> Bounds:
@@ -45,7 +54,15 @@ class Bounds:
                 raise ValueError(f"microbench: {key} has no positive {statistic}")
             return float(value)
 
-        return cls(median("matmul_fp32"), median("matmul_int8"), median("copy"), median("dispatch"))
+        rates: dict = {}
+        for i, key in enumerate(("model_fp32", "model_int8")):
+            for entry in doc.get(key) or []:
+                value = entry.get(statistic) if isinstance(entry, Mapping) else None
+                if isinstance(value, (int, float)) and value > 0 and isinstance(entry.get("shape"), list):
+                    pair = list(rates.get(tuple(entry["shape"]), (None, None)))
+                    pair[i] = float(value)
+                    rates[tuple(entry["shape"])] = tuple(pair)
+        return cls(median("matmul_fp32"), median("matmul_int8"), median("copy"), median("dispatch"), rates)
 
 
 @dataclass(frozen=True)
@@ -77,7 +94,7 @@ class Placement:
             return (f"{self.ops} operator calls x {per_op:.1f} us = {self.floors[DISPATCH] * 1e3:.1f} ms of "
                     f"{ms:.1f} ms")
         if self.bound == COMPUTE:
-            return (f"{self.macs / 1e6:.1f} MMAC at the device's peak take "
+            return (f"{self.macs / 1e6:.1f} MMAC at the device's measured rates take "
                     f"{self.floors[COMPUTE] * 1e3:.1f} ms of {ms:.1f} ms")
         return (f"{self.weight_bytes / 1e6:.1f} MB of weights at the copy bandwidth take "
                 f"{self.floors[MEMORY] * 1e3:.1f} ms of {ms:.1f} ms")
@@ -115,15 +132,31 @@ class Placement:
         return text
 
 
+def compute_seconds(macs: float, shapes: Sequence[Sequence[float]], bounds: Bounds, int8: bool) -> float:
+    """Seconds ``macs`` multiply-accumulates take at the device's rates: those done in products of a
+    measured shape (``shapes``: ``[rows, inner, columns, macs]``) at that shape's rate, the rest at the
+    peak."""
+    at_shapes = 0.0
+    seconds = 0.0
+    for s in shapes:
+        rate = bounds.rate(s[:3], int8)
+        if tuple(int(v) for v in s[:3]) in bounds.shape_rates:
+            seconds += s[3] / rate
+            at_shapes += s[3]
+    rest = max(0.0, macs - at_shapes)
+    return seconds + rest / bounds.rate(None, int8)
+
+
 def place(stage: str, *, seconds: float, macs: int, ops: int | None, weight_bytes: int, bounds: Bounds,
-          int8: bool = False) -> Placement:
+          int8: bool = False, shapes: Sequence[Sequence[float]] = ()) -> Placement:
     """The stage against the bounds (``seconds`` > 0: the stage's measured time for this work). ``ops``
-    None: the runtime's operator calls are unknown (no dispatch floor)."""
+    None: the runtime's operator calls are unknown (no dispatch floor). ``shapes``: where the MACs were
+    done (``[rows, inner, columns, macs]``); those of a shape the device measured count at its rate
+    there (a one-row product runs far below the peak), the rest at the peak."""
     if seconds <= 0:
         raise ValueError(f"{stage}: measured seconds must be positive, got {seconds!r}")
-    peak = bounds.mac_per_s_int8 if int8 else bounds.mac_per_s_fp32
     floors = {
-        COMPUTE: macs / peak,
+        COMPUTE: compute_seconds(macs, shapes, bounds, int8),
         MEMORY: weight_bytes / bounds.bytes_per_s,
         DISPATCH: (ops or 0) * bounds.s_per_op,
     }

@@ -25,9 +25,9 @@ def work(ops=None):
     return {"version": 1, "sentences": {"short-01": {"length_class": "short", **COUNTED, "stages": stages}}}
 
 
-def store_run(st, *, with_limits=True, with_work=True):
+def store_run(st, *, with_limits=True, with_work=True, quantized_ops=16_000):
     rid = st.start_run({}, {}, "test", "tiny", ["original", "quantized"], ["pi4-a"])
-    for variant, slowdown, ops in (("original", 1.0, None), ("quantized", 1.3, 12_000)):
+    for variant, slowdown, ops in (("original", 1.0, None), ("quantized", 1.3, quantized_ops)):
         manifest = make_manifest(variant)
         if variant == "quantized":
             manifest["recipe"] = [{"step": "quantize", "component": "acoustic"}]
@@ -70,11 +70,21 @@ def test_each_phase_is_placed_with_the_work_scaled_to_each_sample(st):
 
 
 def test_the_dispatch_bound_prediction_for_int8_is_held_against_the_run(st):
+    # the quantized decoder makes 16,000 calls instead of 10,000 (its quantize calls): its counted work
+    # predicts 0.75x (acoustic 0.75 ms per frame, dispatch floor 0.42 -> 0.67 ms), measured 1 / 1.3
     checks = explain.check_predictions(explain.explain(st, store_run(st)))
     assert [(c.phase, c.change, c.variant) for c in checks] == [("acoustic", "int8", "quantized")]
     c = checks[0]
     assert c.expect_faster is False and c.speedup == pytest.approx(1 / 1.3, rel=0.08) and c.matched
-    assert "measured 0.7" in c.sentence() and c.sentence().endswith("matched")
+    assert c.predicted_speedup == pytest.approx(0.75, abs=0.02)
+    assert "its counted work predicted 0.75x" in c.sentence() and c.sentence().endswith(": matched")
+
+
+def test_a_slowdown_the_counted_work_does_not_explain_is_a_missed_prediction(st):
+    # the same 1.3x slowdown with no extra calls: the counts predict no change; the run says otherwise
+    checks = explain.check_predictions(explain.explain(st, store_run(st, quantized_ops=10_000)))
+    assert checks[0].predicted_speedup == pytest.approx(1.0, abs=0.01) and not checks[0].matched
+    assert checks[0].sentence().endswith("did not match")
 
 
 def test_nothing_is_guessed_without_limits_or_counted_work(st):

@@ -122,3 +122,16 @@ def test_device_drift_ratios_say_slower_now_as_above_one():
     halved = Bounds(5e9, 10e9, 5e9, 10e-6)   # a CPU-capped board: half the rate, twice the call cost
     d = drift(halved, before)
     assert d == pytest.approx({"compute": 2.0, "memory": 1.0, "dispatch": 2.0})
+
+
+def test_products_of_a_measured_shape_count_at_that_shapes_rate_the_rest_at_the_peak():
+    doc = microbench.run(torch, model_shapes=[(1, 128, 384)], min_s=0.045, clock=fake_clock(0.01))
+    bounds = Bounds.from_microbench(doc)
+    one_row = 128 * 384 / 0.01                                   # MAC/s of one call per 10 ms
+    assert bounds.rate((1, 128, 384), int8=False) == pytest.approx(one_row)
+    assert bounds.rate((1, 128, 384), int8=True) == pytest.approx(one_row)
+    assert bounds.rate((7, 7, 7), int8=False) == bounds.mac_per_s_fp32          # not measured: the peak
+    p = place("decoder", seconds=1.0, macs=3_000_000, ops=0, weight_bytes=0, bounds=bounds,
+              shapes=[[1, 128, 384, 1_000_000], [7, 7, 7, 500_000]])
+    want = 1_000_000 / one_row + 2_000_000 / bounds.mac_per_s_fp32
+    assert p.floors[COMPUTE] == pytest.approx(want) and p.bound == COMPUTE

@@ -36,6 +36,8 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+#: Product shapes kept per stage in a manifest.
+SHAPES_PER_STAGE = 3
 ACOUSTIC_STAGES = ("encoder", "variance_adaptor", "decoder", "postnet", "acoustic_other")
 STAGES = (*ACOUSTIC_STAGES, "vocoder")
 #: Top-level children of the acoustic model counted with another stage.
@@ -62,12 +64,24 @@ class Work:
     phones: int
     frames: int
     stages: Mapping[str, StageWork]
-    #: (rows, inner, columns) of the matrix products -> their MACs: the shapes the model's time goes to
+    #: (stage, rows, inner, columns) of the matrix products -> their MACs: where each stage's arithmetic
+    #: goes (a product of one row runs far below a device's peak)
     shapes: Mapping[tuple, int] = field(default_factory=dict)
 
-    def top_shapes(self, n: int = 3) -> list:
-        """The ``n`` product shapes with the most MACs, largest first."""
-        return [list(s) for s, _ in sorted(self.shapes.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
+    def stage_shapes(self, stage: str, n: int = SHAPES_PER_STAGE) -> list:
+        """The ``n`` product shapes of ``stage`` with the most MACs: ``[rows, inner, columns, macs]``."""
+        mine = [(k[1:], v) for k, v in self.shapes.items() if k[0] == stage]
+        return [[*shape, macs] for shape, macs in sorted(mine, key=lambda kv: (-kv[1], kv[0]))[:n]]
+
+    def top_shapes(self, n: int = 4) -> list:
+        """The busiest product shape of each stage, for the stages with the most MACs in such products
+        (at most ``n``): what the device micro-benchmarks time besides the large shape."""
+        busiest = []
+        for stage in STAGES:
+            top = self.stage_shapes(stage, 1)
+            if top:
+                busiest.append(top[0])
+        return [s[:3] for s in sorted(busiest, key=lambda s: -s[3])[:n]]
 
     @property
     def acoustic(self) -> StageWork:
@@ -77,7 +91,8 @@ class Work:
 
     def to_dict(self) -> dict:
         return {"phones": self.phones, "frames": self.frames,
-                "stages": {name: w.to_dict() for name, w in self.stages.items()},
+                "stages": {name: {**w.to_dict(), "shapes": self.stage_shapes(name)}
+                           for name, w in self.stages.items()},
                 "top_shapes": self.top_shapes()}
 
 
@@ -264,7 +279,8 @@ class _Counter(TorchDispatchMode):
             self.macs[stage] = self.macs.get(stage, 0) + macs
             shape = _product_shape(func, args)
             if shape is not None:
-                self.shapes[shape] = self.shapes.get(shape, 0) + macs
+                key = (stage, *shape)
+                self.shapes[key] = self.shapes.get(key, 0) + macs
         return out
 
 
@@ -374,7 +390,7 @@ def _reference_synthesis(acoustic, vocoder, inputs) -> int:
 # ------------------------------------------------------------------------------ per sentence, manifest
 
 #: Version of the manifest's ``work`` entry (a different one is counted again).
-WORK_VERSION = 1
+WORK_VERSION = 2
 #: The emotion a sentence is counted with; a sample of another emotion is scaled by its frames.
 COUNT_EMOTION = "neutral"
 #: Stages whose work grows with the phones of the input; the others grow with the mel frames.
@@ -400,14 +416,12 @@ def count_corpus(acoustic: nn.Module, vocoder: nn.Module, symbols, classes) -> d
     from devices.ondevice.frontend import text_to_ids
 
     sentences: Dict[str, dict] = {}
-    shapes: Dict[tuple, int] = {}
+    top: list = []
     for sentence in counted_sentences(classes):
         inputs = text_to_ids(sentence.text, emotion=COUNT_EMOTION, symbols=symbols).to_tensors()
         work = count_work(acoustic, vocoder, inputs)
         sentences[sentence.id] = {"length_class": sentence.length_class, **work.to_dict()}
-        for shape, macs in work.shapes.items():
-            shapes[shape] = shapes.get(shape, 0) + macs
-    top = [list(s) for s, _ in sorted(shapes.items(), key=lambda kv: (-kv[1], kv[0]))[:3]]
+        top += [s for s in work.top_shapes() if s not in top]
     return {"version": WORK_VERSION, "emotion": COUNT_EMOTION, "sentences": sentences, "top_shapes": top,
             "runtime_ops": True}
 
@@ -425,5 +439,6 @@ def scale(entry: Mapping[str, Any], length_class: str, phones: int, frames: int)
     for stage, w in counted["stages"].items():
         f = phones / counted["phones"] if stage in PER_PHONE else frames / counted["frames"]
         out[stage] = {"macs": w["macs"] * f, "ops": w["ops"] * f if w.get("ops") is not None else None,
-                      "weight_bytes": w["weight_bytes"]}
+                      "weight_bytes": w["weight_bytes"],
+                      "shapes": [[*s[:3], s[3] * f] for s in w.get("shapes") or []]}
     return out
