@@ -116,6 +116,7 @@ def test_core_variants_measured_on_two_arm_boards_and_the_pi4_torch_is_ineligibl
         "preset": "tiny", "variants": CORE, "devices": list(devices), "inventory": str(inventory),
         "budgets": str(budgets), "store": str(db), "out_dir": str(tmp_path / "out"), "protocol": PROTOCOL,
         "run_timeout_s": RUN_TIMEOUT_S - 300,   # the harness gives up (and records it) before the test does
+        "microbench_s": 0.1,                    # emulated: the shape shrinks, the repeats stay few
     }))
     env = dict(os.environ, EDGEBENCH_HOME=str(farm.state_dir), PYTHONUNBUFFERED="1")
     health = subprocess.run([sys.executable, "-m", "harness.cli", "devices", "-i", str(inventory), "check"],
@@ -175,6 +176,16 @@ def test_core_variants_measured_on_two_arm_boards_and_the_pi4_torch_is_ineligibl
                 assert check["quantized_engine"] == ENGINES[board]
             else:
                 assert len(engines) == 1 and engines <= {"qnnpack", "onednn"}
+    # each torch board measured its own limits with its own torch (2.10 and 2.0.1), within seconds of
+    # emulated time (the large product shrinks); the board whose torch dies measured none
+    limits = {r["device"]: json.loads(r["doc_json"]) for r in con.execute("SELECT * FROM microbench")}
+    assert set(limits) == {"pi5", "pi4-oldtorch"}, limits
+    for board, doc in limits.items():
+        assert "error" not in doc and doc["torch"].startswith(expected[board][0]), (board, doc)
+        assert doc["matmul_fp32"]["median"] > 0 and doc["dispatch"]["n"] >= 3
+        fp32, per_call = doc["matmul_fp32"], doc["dispatch"]["median"]
+        print(f"micro-benchmarks {board}: {doc['seconds']:.1f}s, large shape {fp32['shape']}, "
+              f"fp32 {fp32['median'] / 1e9:.3f} GMAC/s, {per_call * 1e6:.0f} us/call")
     con.close()
 
 
