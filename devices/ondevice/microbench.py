@@ -5,8 +5,9 @@ Three numbers bound how fast a stage can run on a board with a runtime:
 * ``matmul`` rates (multiply-accumulates per second): fp32 and dynamic int8 matrix products, at a large
   shape (the compute bound) and at the model's own shapes (what its layers can get);
 * ``copy`` bandwidth (bytes per second): a large tensor copied, read once and written once;
-* ``dispatch`` overhead (seconds per operator call): a loop of tiny operations whose arithmetic is
-  nothing, so their time is the runtime's cost of one call (Python, dispatcher, allocation).
+* ``dispatch`` overhead (seconds per operator call): a loop of the small operations one autoregressive
+  step makes on one frame (256 values: element-wise, softmax, layer norm, views), whose arithmetic is next
+  to nothing, so their time is the runtime's cost of one such call (Python, dispatcher, allocation).
 
 Each is timed in repeats until ``min_s`` seconds have passed (at least ``min_reps``, at most
 ``max_reps``), and reported as the median with the spread (quartiles) and ``n``, and as the ``sustained``
@@ -106,23 +107,39 @@ def copy(torch, nbytes: int = COPY_BYTES, *, min_s: float = 0.5,
     return out
 
 
-def dispatch(torch, calls: int = DISPATCH_CALLS, *, min_s: float = 0.5,
+#: Values per tensor in the dispatch loop: one frame of a model's hidden state.
+DISPATCH_WIDTH = 256
+
+
+def dispatch(torch, calls: int = DISPATCH_CALLS, *, width: int = DISPATCH_WIDTH, min_s: float = 0.5,
              clock: Callable[[], float] = time.perf_counter) -> Dict[str, Any]:
-    """Seconds per operator call: ``calls`` additions on a one-element tensor per repeat (nothing to
-    compute, so what is timed is the runtime's cost of a call). Reported as seconds per call."""
-    x = torch.zeros(1)
+    """Seconds per operator call: ``calls`` calls per repeat of the small operations one step of an
+    autoregressive model makes on one frame (``width`` values): add, multiply, tanh, softmax, layer norm,
+    transpose, reshape, slice. Their arithmetic is a few hundred values, so what is timed is the
+    runtime's cost of such a call (Python, dispatcher, allocation). Reported as seconds per call."""
+    import torch.nn.functional as F
+
+    x = torch.zeros(1, width)
+    rounds = max(1, calls // 8)
 
     def loop() -> None:
         y = x
-        for _ in range(calls):
+        for _ in range(rounds):
             y = y + 1.0
+            y = y * 0.5
+            y = torch.tanh(y)
+            y = torch.softmax(y, -1)
+            y = F.layer_norm(y, (width,))
+            y = y.transpose(0, 1)
+            y = y.reshape(1, width)
+            y = y[:, :width]
 
     with torch.inference_mode():
         times = repeat(loop, min_s=min_s, clock=clock)
-    per_call = [t / calls for t in times]
+    per_call = [t / (8 * rounds) for t in times]
     q1, med, q3 = _quartiles(per_call)
-    return {"unit": "s/op", "n": len(per_call), "median": med, "q1": q1, "q3": q3, "calls": calls,
-            "sustained": sum(per_call) / len(per_call)}
+    return {"unit": "s/op", "n": len(per_call), "median": med, "q1": q1, "q3": q3, "calls": 8 * rounds,
+            "width": width, "sustained": sum(per_call) / len(per_call)}
 
 
 def large_shape(torch, max_call_s: float = MAX_CALL_S, clock: Callable[[], float] = time.perf_counter
