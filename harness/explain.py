@@ -156,8 +156,8 @@ def _phase(device, variant, phase, df, entry, bounds, int8, scale) -> PhaseExpla
                 per_stage_ops[s] = per_stage_ops.get(s, 0) + (work[s]["ops"] or 0)
                 per_stage_macs[s] = per_stage_macs.get(s, 0) + work[s]["macs"]
                 for shape in work[s].get("shapes") or []:
-                    key = tuple(int(v) for v in shape[:3])
-                    shapes[key] = shapes.get(key, 0.0) + shape[3]
+                    key = tuple(int(v) for v in shape[:-1])
+                    shapes[key] = shapes.get(key, 0.0) + shape[-1]
         macs += m
         ops += o
         secs += seconds

@@ -222,8 +222,8 @@ def execute(request: RunRequest, *, show_progress: bool = True) -> RunResult:
     )
 
 
-#: The most model shapes the device micro-benchmarks time (about 0.25 s each at the default microbench_s).
-MAX_MODEL_SHAPES = 12
+#: The most model shapes the device micro-benchmarks time (about 0.3 s each at the default microbench_s).
+MAX_MODEL_SHAPES = 24
 
 
 def _model_shapes(built) -> tuple:

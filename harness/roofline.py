@@ -37,9 +37,23 @@ class Bounds:
     #: (rows, inner, columns) -> (fp32, int8) MAC/s measured at the model's own product shapes
     shape_rates: Mapping[tuple, tuple] = field(default_factory=dict, compare=False)
 
+    def nearest(self, shape: Sequence[int]) -> tuple | None:
+        """The measured shape that stands for ``shape``: itself, else the one with the same weight (all
+        but the first number: inner and columns, or channels, kernel and groups) and the fewest rows (or
+        frames) at or above its own. More rows never lower a product's rate, so that rate is at least what
+        ``shape`` gets and a floor computed from it stays a floor; None (the peak applies) when no such
+        shape was measured."""
+        key = tuple(int(v) for v in shape)
+        if key in self.shape_rates:
+            return key
+        above = [k for k in self.shape_rates if len(k) == len(key) and k[1:] == key[1:] and k[0] >= key[0]]
+        return min(above, key=lambda k: k[0]) if above else None
+
     def rate(self, shape: Sequence[int] | None, int8: bool) -> float:
-        """MAC/s of a product of ``shape`` (the measured rate at that shape, else the peak)."""
-        known = self.shape_rates.get(tuple(shape)) if shape is not None else None
+        """MAC/s of a product of ``shape`` (the measured rate at that shape, else the peak). A convolution
+        (five numbers) runs in fp32 in a dynamic-int8 variant too."""
+        known = self.shape_rates.get(self.nearest(shape)) if shape is not None else None
+        int8 = int8 and (shape is None or len(shape) == 3)
         if known is not None and known[1 if int8 else 0]:
             return known[1 if int8 else 0]
         return self.mac_per_s_int8 if int8 else self.mac_per_s_fp32
@@ -134,15 +148,14 @@ class Placement:
 
 def compute_seconds(macs: float, shapes: Sequence[Sequence[float]], bounds: Bounds, int8: bool) -> float:
     """Seconds ``macs`` multiply-accumulates take at the device's rates: those done in products of a
-    measured shape (``shapes``: ``[rows, inner, columns, macs]``) at that shape's rate, the rest at the
-    peak."""
+    measured shape (``shapes``: ``[*shape, macs]``) at that shape's rate, the rest at the peak."""
     at_shapes = 0.0
     seconds = 0.0
     for s in shapes:
-        rate = bounds.rate(s[:3], int8)
-        if tuple(int(v) for v in s[:3]) in bounds.shape_rates:
-            seconds += s[3] / rate
-            at_shapes += s[3]
+        shape = tuple(int(v) for v in s[:-1])
+        if bounds.nearest(shape) is not None:
+            seconds += s[-1] / bounds.rate(shape, int8)
+            at_shapes += s[-1]
     rest = max(0.0, macs - at_shapes)
     return seconds + rest / bounds.rate(None, int8)
 
@@ -151,7 +164,7 @@ def place(stage: str, *, seconds: float, macs: int, ops: int | None, weight_byte
           int8: bool = False, shapes: Sequence[Sequence[float]] = ()) -> Placement:
     """The stage against the bounds (``seconds`` > 0: the stage's measured time for this work). ``ops``
     None: the runtime's operator calls are unknown (no dispatch floor). ``shapes``: where the MACs were
-    done (``[rows, inner, columns, macs]``); those of a shape the device measured count at its rate
+    done (``[*shape, macs]``, ``variants.work``); those of a shape the device measured count at its rate
     there (a one-row product runs far below the peak), the rest at the peak."""
     if seconds <= 0:
         raise ValueError(f"{stage}: measured seconds must be positive, got {seconds!r}")

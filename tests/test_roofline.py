@@ -135,3 +135,22 @@ def test_products_of_a_measured_shape_count_at_that_shapes_rate_the_rest_at_the_
               shapes=[[1, 128, 384, 1_000_000], [7, 7, 7, 500_000]])
     want = 1_000_000 / one_row + 2_000_000 / bounds.mac_per_s_fp32
     assert p.floors[COMPUTE] == pytest.approx(want) and p.bound == COMPUTE
+
+
+def test_a_convolution_shape_is_timed_as_a_convolution_and_stays_fp32_in_an_int8_variant():
+    conv = (20, 8, 16, 3, 1)                                     # frames, in, out, kernel, groups
+    doc = microbench.run(torch, model_shapes=[conv, (1, 8, 16)], min_s=0.045, clock=fake_clock(0.01))
+    assert [e["shape"] for e in doc["model_fp32"]] == [list(conv), [1, 8, 16]]
+    assert [e["shape"] for e in doc["model_int8"]] == [[1, 8, 16]]   # dynamic int8 leaves convolutions
+    bounds = Bounds.from_microbench(doc)
+    conv_rate = 20 * 16 * 8 * 3 / 0.01
+    assert bounds.rate(conv, int8=False) == bounds.rate(conv, int8=True) == pytest.approx(conv_rate)
+
+
+def test_an_unmeasured_length_takes_the_rate_of_the_next_longer_measured_one_never_a_shorter():
+    bounds = Bounds(10e9, 20e9, 5e9, 5e-6, shape_rates={(1, 64, 64): (1e9, 0.5e9), (50, 64, 64): (6e9, 9e9)})
+    assert bounds.nearest((1, 64, 64)) == (1, 64, 64)
+    assert bounds.nearest((20, 64, 64)) == (50, 64, 64)   # more rows: at least as fast, the floor holds
+    assert bounds.nearest((80, 64, 64)) is None           # longer than any measured: the peak
+    assert bounds.rate((80, 64, 64), int8=False) == 10e9
+    assert bounds.nearest((20, 64, 32)) is None           # another layer

@@ -164,3 +164,18 @@ def test_weight_bytes_of_a_dynamic_int8_linear_are_its_int8_weights():
                                                    {torch.nn.Linear}, dtype=torch.qint8)
     # 64x32 int8 weights and 32 fp32 biases, plus a scale and a zero point
     assert 64 * 32 + 32 * 4 <= weight_bytes(q) <= 64 * 32 + 32 * 4 + 64
+
+
+def test_the_shapes_where_the_macs_went_are_kept_per_stage(tiny):
+    cfg, _, _, _, work = tiny
+    for stage in STAGES:
+        shapes = work.stage_shapes(stage, n=99)
+        assert sum(s[-1] for s in shapes) <= work.stages[stage].macs      # a part of the stage's MACs
+        assert all(len(s) in (4, 6) for s in shapes)                      # a product or a convolution
+    # the decoder's step loop makes one-row products (one frame at a time)
+    assert any(s[0] == 1 and len(s) == 4 for s in work.stage_shapes("decoder", n=99))
+    # the vocoder's convolutions, as (frames, channels in, channels out, kernel, groups)
+    conv = work.stage_shapes("vocoder", n=99)
+    assert conv and all(len(s) == 6 and s[0] >= work.frames and s[3] >= 1 and s[4] >= 1 for s in conv)
+    top = work.top_shapes()
+    assert 1 <= len(top) <= 12 and top[0] == work.stage_shapes("vocoder", 1)[0][:-1]

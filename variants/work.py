@@ -64,24 +64,21 @@ class Work:
     phones: int
     frames: int
     stages: Mapping[str, StageWork]
-    #: (stage, rows, inner, columns) of the matrix products -> their MACs: where each stage's arithmetic
-    #: goes (a product of one row runs far below a device's peak)
+    #: (stage, *shape) of the products -> their MACs, a shape being (rows, inner, columns) of a matrix
+    #: product or (frames, channels in, channels out, kernel, groups) of a 1-D convolution: where each
+    #: stage's arithmetic goes (a product of one row runs far below a device's peak)
     shapes: Mapping[tuple, int] = field(default_factory=dict)
 
     def stage_shapes(self, stage: str, n: int = SHAPES_PER_STAGE) -> list:
-        """The ``n`` product shapes of ``stage`` with the most MACs: ``[rows, inner, columns, macs]``."""
+        """The ``n`` product shapes of ``stage`` with the most MACs: ``[*shape, macs]``."""
         mine = [(k[1:], v) for k, v in self.shapes.items() if k[0] == stage]
         return [[*shape, macs] for shape, macs in sorted(mine, key=lambda kv: (-kv[1], kv[0]))[:n]]
 
-    def top_shapes(self, n: int = 4) -> list:
-        """The busiest product shape of each stage, for the stages with the most MACs in such products
-        (at most ``n``): what the device micro-benchmarks time besides the large shape."""
-        busiest = []
-        for stage in STAGES:
-            top = self.stage_shapes(stage, 1)
-            if top:
-                busiest.append(top[0])
-        return [s[:3] for s in sorted(busiest, key=lambda s: -s[3])[:n]]
+    def top_shapes(self, n: int = 12, per_stage: int = 2) -> list:
+        """The ``per_stage`` busiest product shapes of each stage, most MACs first, at most ``n``: what the
+        device micro-benchmarks time besides the large shape."""
+        busiest = [s for stage in STAGES for s in self.stage_shapes(stage, per_stage)]
+        return [s[:-1] for s in sorted(busiest, key=lambda s: -s[-1])[:n]]
 
     @property
     def acoustic(self) -> StageWork:
@@ -209,10 +206,36 @@ _RULES = (
 )
 
 
-def _product_shape(func, args) -> Optional[tuple]:
-    """(rows, inner, columns) of a 2-D product the way a linear layer runs it, else None."""
+def _ints(value, default: int) -> list:
+    if value is None:
+        return [default]
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+def _conv1d_shape(args, out) -> Optional[tuple]:
+    """(frames out, channels in, channels out, kernel, groups) of a stride-1, dilation-1 1-D convolution of
+    batch 1, else None."""
+    x, weight = args[0], args[1]
+    if weight.dim() != 3 or x.dim() != 3 or int(x.shape[0]) != 1:
+        return None
+    stride = _ints(args[3] if len(args) > 3 else None, 1)
+    dilation = _ints(args[5] if len(args) > 5 else None, 1)
+    if stride != [1] or dilation != [1]:
+        return None
+    groups = int(args[-1]) if len(args) > 6 else 1
+    return (int(out.shape[-1]), int(x.shape[1]), int(weight.shape[0]), int(weight.shape[2]), groups)
+
+
+def _product_shape(func, args, out) -> Optional[tuple]:
+    """Where a product's MACs went, as the device micro-benchmarks can time it again: ``(rows, inner,
+    columns)`` of a 2-D product the way a linear layer runs it, ``(frames, channels in, channels out,
+    kernel, groups)`` of a 1-D convolution; else None."""
     name = getattr(func, "__name__", "")
     try:
+        if name.startswith("conv1d."):
+            return _conv1d_shape(args, out)
+        if name.startswith("convolution.") and not (len(args) > 6 and args[6]):
+            return _conv1d_shape(args, out)
         if name.startswith("linear.") or name.startswith("linear_dynamic"):
             weight = args[1] if name.startswith("linear.") else torch.ops.quantized.linear_unpack(args[1])[0]
             return (_numel(args[0].shape[:-1]), int(weight.shape[1]), int(weight.shape[0]))
@@ -277,7 +300,7 @@ class _Counter(TorchDispatchMode):
         if rule is not None:
             macs = int(rule(args, out))
             self.macs[stage] = self.macs.get(stage, 0) + macs
-            shape = _product_shape(func, args)
+            shape = _product_shape(func, args, out)
             if shape is not None:
                 key = (stage, *shape)
                 self.shapes[key] = self.shapes.get(key, 0) + macs
@@ -390,7 +413,7 @@ def _reference_synthesis(acoustic, vocoder, inputs) -> int:
 # ------------------------------------------------------------------------------ per sentence, manifest
 
 #: Version of the manifest's ``work`` entry (a different one is counted again).
-WORK_VERSION = 2
+WORK_VERSION = 3
 #: The emotion a sentence is counted with; a sample of another emotion is scaled by its frames.
 COUNT_EMOTION = "neutral"
 #: Stages whose work grows with the phones of the input; the others grow with the mel frames.
@@ -421,7 +444,8 @@ def count_corpus(acoustic: nn.Module, vocoder: nn.Module, symbols, classes) -> d
         inputs = text_to_ids(sentence.text, emotion=COUNT_EMOTION, symbols=symbols).to_tensors()
         work = count_work(acoustic, vocoder, inputs)
         sentences[sentence.id] = {"length_class": sentence.length_class, **work.to_dict()}
-        top += [s for s in work.top_shapes() if s not in top]
+        if not top:   # the first (shortest) sentence's; another length's rows are timed as the nearest
+            top = work.top_shapes()
     return {"version": WORK_VERSION, "emotion": COUNT_EMOTION, "sentences": sentences, "top_shapes": top,
             "runtime_ops": True}
 
@@ -440,5 +464,5 @@ def scale(entry: Mapping[str, Any], length_class: str, phones: int, frames: int)
         f = phones / counted["phones"] if stage in PER_PHONE else frames / counted["frames"]
         out[stage] = {"macs": w["macs"] * f, "ops": w["ops"] * f if w.get("ops") is not None else None,
                       "weight_bytes": w["weight_bytes"],
-                      "shapes": [[*s[:3], s[3] * f] for s in w.get("shapes") or []]}
+                      "shapes": [[*s[:-1], s[-1] * f] for s in w.get("shapes") or []]}
     return out

@@ -3,7 +3,8 @@
 Three numbers bound how fast a stage can run on a board with a runtime:
 
 * ``matmul`` rates (multiply-accumulates per second): fp32 and dynamic int8 matrix products, at a large
-  shape (the compute bound) and at the model's own shapes (what its layers can get);
+  shape (the compute bound) and at the model's own shapes (what its layers can get: its matrix products,
+  and its 1-D convolutions timed as ``conv1d``, which dynamic int8 leaves in fp32);
 * ``copy`` bandwidth (bytes per second): a large tensor copied, read once and written once;
 * ``dispatch`` overhead (seconds per operator call): a loop of the small operations one autoregressive
   step makes on one frame (256 values: element-wise, softmax, layer norm, views), whose arithmetic is next
@@ -93,6 +94,32 @@ def matmul(torch, shape: Tuple[int, int, int], *, int8: bool = False, min_s: flo
     return out
 
 
+def conv1d(torch, shape: Tuple[int, ...], *, min_s: float = 0.5,
+           clock: Callable[[], float] = time.perf_counter) -> Dict[str, Any]:
+    """MACs per second of a 1-D convolution of batch 1: ``shape`` = (frames out, channels in, channels
+    out, kernel, groups), stride and dilation 1, the input just long enough (how a model's convolution
+    layer calls ``conv1d``). Dynamic int8 leaves convolutions in fp32, so this one rate serves both."""
+    frames, c_in, c_out, kernel, groups = shape
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, c_in, frames + kernel - 1, generator=gen)
+    w = torch.randn(c_out, c_in // groups, kernel, generator=gen)
+    with torch.inference_mode():
+        times = repeat(lambda: torch.nn.functional.conv1d(x, w, groups=groups), min_s=min_s, clock=clock)
+    out = rate(float(frames * c_out * (c_in // groups) * kernel), times, "MAC/s")
+    out["shape"] = list(shape)
+    return out
+
+
+def product(torch, shape: Sequence[int], *, int8: bool = False, min_s: float = 0.5,
+            clock: Callable[[], float] = time.perf_counter) -> Dict[str, Any]:
+    """A model shape timed the way the model runs it: three numbers a matrix product (``matmul``), five a
+    1-D convolution (``conv1d``)."""
+    shape = tuple(int(v) for v in shape)
+    if len(shape) == 5:
+        return conv1d(torch, shape, min_s=min_s, clock=clock)
+    return matmul(torch, shape, int8=int8, min_s=min_s, clock=clock)
+
+
 def copy(torch, nbytes: int = COPY_BYTES, *, min_s: float = 0.5,
          clock: Callable[[], float] = time.perf_counter) -> Dict[str, Any]:
     """Bytes per second moved by copying a ``nbytes`` tensor into another (each byte read and written
@@ -159,7 +186,7 @@ def large_shape(torch, max_call_s: float = MAX_CALL_S, clock: Callable[[], float
     return rows, inner, cols
 
 
-def run(torch, *, model_shapes: Sequence[Tuple[int, int, int]] = (), min_s: float = 0.5,
+def run(torch, *, model_shapes: Sequence[Tuple[int, ...]] = (), min_s: float = 0.5,
         threads: Optional[int] = None, quantized_engine: Optional[str] = None,
         max_call_s: float = MAX_CALL_S, clock: Callable[[], float] = time.perf_counter) -> Dict[str, Any]:
     """Every micro-benchmark once: the device's bounds for the runtime ``torch`` (about 5 x ``min_s``
@@ -179,8 +206,9 @@ def run(torch, *, model_shapes: Sequence[Tuple[int, int, int]] = (), min_s: floa
         "quantized_engine": str(torch.backends.quantized.engine),
         "matmul_fp32": matmul(torch, big, min_s=min_s, clock=clock),
         "matmul_int8": matmul(torch, big, int8=True, min_s=min_s, clock=clock),
-        "model_fp32": [matmul(torch, s, min_s=min_s / 4, clock=clock) for s in shapes],
-        "model_int8": [matmul(torch, s, int8=True, min_s=min_s / 4, clock=clock) for s in shapes],
+        "model_fp32": [product(torch, s, min_s=min_s / 4, clock=clock) for s in shapes],
+        "model_int8": [product(torch, s, int8=True, min_s=min_s / 4, clock=clock)
+                       for s in shapes if len(s) == 3],
         "copy": copy(torch, min_s=min_s, clock=clock),
         "dispatch": dispatch(torch, min_s=min_s, clock=clock),
     }

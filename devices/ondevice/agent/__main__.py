@@ -79,8 +79,9 @@ def _shapes(text: str) -> list:
         shapes = [tuple(int(v) for v in part.split("x")) for part in text.split(",") if part.strip()]
     except ValueError:
         shapes = [()]
-    if any(len(s) != 3 or min(s) < 1 or max(s) > 1 << 16 for s in shapes):
-        raise argparse.ArgumentTypeError(f"expected shapes like 1x256x1024,32x80x256, got {text!r}")
+    if any(len(s) not in (3, 5) or min(s) < 1 or max(s) > 1 << 16 for s in shapes):
+        raise argparse.ArgumentTypeError(f"expected shapes like 1x256x1024 (a product) or 174x256x256x3x1 (a "
+                                         f"1-D convolution: frames, in, out, kernel, groups), got {text!r}")
     return shapes
 
 
