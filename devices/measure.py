@@ -192,8 +192,6 @@ def measure_limits(transport: Transport, device: Device, bundle: Bundle, protoco
     """The device's micro-benchmarks (``devices.ondevice.microbench``) with the protocol's threads and
     quantized engine, at the large shape and at ``shapes`` (the model's). Returns the agent's document,
     or ``{"error": ...}`` saying why there is none; never raises for a device that fails or lies."""
-    from devices.ondevice import microbench
-
     protocol = effective_protocol(device, protocol)
     try:
         agent = ensure_bundle(transport, bundle)
@@ -207,11 +205,26 @@ def measure_limits(transport: Transport, device: Device, bundle: Bundle, protoco
         result = transport.run(argv, timeout=MICROBENCH_TIMEOUT_S + 20 * min_s)
     except DevicesError as exc:
         return {"error": f"micro-benchmarks not run: {exc}"}
+    return parse_limits(result.stdout, result.stderr, result.exit_code)
+
+
+#: A micro-benchmark document is a few kilobytes; a device that prints more is not believed.
+MAX_LIMITS_BYTES = 1 << 20
+
+
+def parse_limits(stdout: str, stderr: str = "", exit_code: int = 0) -> dict:
+    """The agent's micro-benchmark document, or ``{"error": ...}``: no document, another format, an error
+    the agent reported, more than ``MAX_LIMITS_BYTES``, or bounds that are not plausible
+    (``microbench.check``)."""
+    from devices.ondevice import microbench
+
+    if len(stdout) > MAX_LIMITS_BYTES:
+        return {"error": f"the agent printed {len(stdout)} bytes for its micro-benchmarks; not believed"}
     try:
-        doc = json.loads(result.stdout)
+        doc = json.loads(stdout)
     except ValueError:
-        tail = " | ".join(result.stderr.strip().splitlines()[-STDERR_TAIL_LINES:]) or "no output"
-        return {"error": f"the agent printed no micro-benchmarks (exit {result.exit_code}): {tail}"}
+        tail = " | ".join(stderr.strip().splitlines()[-STDERR_TAIL_LINES:]) or "no output"
+        return {"error": f"the agent printed no micro-benchmarks (exit {exit_code}): {tail}"}
     if not isinstance(doc, dict) or doc.get("format") != microbench.FORMAT or doc.get("version") != 1:
         return {"error": "the agent printed something that is not an edgebench.microbench v1 document"}
     if "error" in doc:

@@ -154,3 +154,18 @@ def test_an_unmeasured_length_takes_the_rate_of_the_next_longer_measured_one_nev
     assert bounds.nearest((80, 64, 64)) is None           # longer than any measured: the peak
     assert bounds.rate((80, 64, 64), int8=False) == 10e9
     assert bounds.nearest((20, 64, 32)) is None           # another layer
+
+
+def test_a_device_that_prints_garbage_or_nonsense_limits_gets_none_with_the_reason():
+    from devices.measure import MAX_LIMITS_BYTES, parse_limits
+
+    good = microbench.run(torch, min_s=0.0, clock=fake_clock(0.01))
+    import json
+
+    assert parse_limits(json.dumps(good)) == good
+    assert "printed no micro-benchmarks (exit 1): x | Killed" in parse_limits("", "x\nKilled\n", 1)["error"]
+    assert "not an edgebench.microbench" in parse_limits(json.dumps({"format": "other"}))["error"]
+    assert parse_limits(json.dumps({**good, "error": "torch is not importable"})) == {
+        "error": "torch is not importable"}
+    assert "implausible" in parse_limits(json.dumps({**good, "dispatch": {"median": 0.0}}))["error"]
+    assert "not believed" in parse_limits(" " * (MAX_LIMITS_BYTES + 1))["error"]
