@@ -69,6 +69,9 @@ def test_a_board_whose_throughput_halved_is_device_drift_not_a_model_regression(
     assert exp.missing == [] and len(exp.phases) == 4
     assert exp.of("local", "original", "acoustic").placement.bound == DISPATCH
     assert "Why these times" in html and "Roofline of local" in html and "dispatch-bound" in html
+    with Store(tmp_path / "results.sqlite") as store:
+        html = render_run(store, second.run_id, tmp_path / "report2").read_text()
+    assert "board or model?" in html and "device drift</b>: local&#39;s own micro-benchmarks moved" in html
     # the gate's exit rules are unchanged: a slowdown is still a failure (or, where the interference probe
     # saw the worker lose its CPU, "disturbed": measure again)
     assert second.verdict.outcome in ("regressed", "disturbed") and second.verdict.exit_code in (1, 2)

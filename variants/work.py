@@ -405,7 +405,8 @@ def count_work(acoustic: nn.Module, vocoder: nn.Module, inputs: Mapping[str, tor
 
 def _reference_synthesis(acoustic, vocoder, inputs) -> int:
     out = acoustic(**inputs)
-    frames = int(out.frames.max())
+    # the reference model reports its frames; a plugin model following its conventions has the mel
+    frames = int(out.frames.max()) if getattr(out, "frames", None) is not None else int(out.mel.shape[1])
     vocoder(out.mel.transpose(1, 2))
     return frames
 
