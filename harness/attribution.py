@@ -33,11 +33,6 @@ from harness import vocabulary as vocab
 from harness.verdict import Comparison
 
 DEVICE_DRIFT, MODEL_REGRESSION, UNATTRIBUTED = "device_drift", "model_regression", "unattributed"
-ATTRIBUTIONS = {
-    DEVICE_DRIFT: "Device drift: the board got slower, not the model",
-    MODEL_REGRESSION: "Model regression: the variant got slower, not the board",
-    UNATTRIBUTED: "Unattributed: the evidence points neither way",
-}
 #: A micro-benchmark component that slowed by less than this is steady (their run-to-run spread on a
 #: quiet core is a few per cent).
 DRIFT_MIN = 1.10
@@ -48,7 +43,7 @@ _NAMES = {"compute": "matrix-product rate", "memory": "copy bandwidth", "dispatc
 
 @dataclass(frozen=True)
 class Attribution:
-    kind: str           # one of ATTRIBUTIONS
+    kind: str           # DEVICE_DRIFT, MODEL_REGRESSION or UNATTRIBUTED
     evidence: str
 
 
